@@ -1,0 +1,122 @@
+"""LIO's fileio engine: a (usually sparse) file, or a block device, through the page cache.
+
+write_back=false is LIO's O_DSYNC mode: every write is durable when it completes, so the LUN
+can honestly report its write cache as disabled. FUA on a write-back LUN uses RWF_DSYNC for
+that one write only. Holes stand for unmapped blocks; a file shorter than the LUN reads as
+zeros past its end, as a freshly created sparse file should.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Sequence
+
+from vhostscsi.backstores import linux
+from vhostscsi.backstores.errors import BackstoreError
+from vhostscsi.backstores.fdstore import FdBackstore
+from vhostscsi.backstores.iov import preadv_full, pwritev_full
+
+__all__ = ["FileIOBackstore"]
+
+_RWF_DSYNC = getattr(os, "RWF_DSYNC", 0x2)
+
+
+class FileIOBackstore(FdBackstore):
+    """Buffered I/O on a file or block device path."""
+
+    plugin = "fileio"
+
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        size: int = 0,
+        block_size: int = 512,
+        write_back: bool = True,
+        readonly: bool = False,
+    ) -> None:
+        flags = os.O_RDONLY if readonly else os.O_RDWR | os.O_CREAT
+        if not write_back and not readonly:
+            flags |= os.O_DSYNC
+        fd = self._open(path, flags, name)
+        self.path = path
+        self.write_back = write_back
+        try:
+            self.is_blockdev = linux.is_block_device(fd)
+            real = linux.blk_size(fd) if self.is_blockdev else os.fstat(fd).st_size
+        except OSError as exc:
+            os.close(fd)
+            raise BackstoreError.from_oserror(exc, f"{name}: cannot inspect {path}") from None
+        if self.is_blockdev:
+            # LIO's fileio on a block device uses the device's size, whatever was asked.
+            size = real
+        elif size <= 0:
+            size = real
+        if size <= 0:
+            os.close(fd)
+            raise BackstoreError(errno.EINVAL, f"{name}: {path} is empty and no size was given")
+        super().__init__(name, fd, size, block_size, readonly)
+
+    # --- data path ---------------------------------------------------------------------------
+    def readv(self, offset: int, bufs: Sequence[memoryview]) -> None:
+        self._check_open()
+        preadv_full(self.fd, offset, bufs, self._io("read"), eof_zero=not self.is_blockdev)
+
+    def writev(self, offset: int, bufs: Sequence[memoryview], fua: bool = False) -> None:
+        self._check_writable("write")
+        # With O_DSYNC (write_back=false) every write is already durable.
+        flags = _RWF_DSYNC if fua and self.write_back else 0
+        pwritev_full(self.fd, offset, bufs, self._io("write"), flags)
+
+    def unmap(self, offset: int, length: int) -> None:
+        """Punch a hole (file) or discard (block device); blocks read back as zeros."""
+        self._check_writable("unmap")
+        if length <= 0:
+            return
+        try:
+            if self.is_blockdev:
+                linux.blk_discard(self.fd, offset, length)
+            else:
+                linux.fallocate(
+                    self.fd, linux.FALLOC_FL_PUNCH_HOLE | linux.FALLOC_FL_KEEP_SIZE, offset, length
+                )
+            self._sync_if_writethrough()
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL):
+                raise BackstoreError.from_oserror(exc, self._io(f"unmap {offset}+{length}")) from None
+        # No hole punching here (tmpfs of old kernels, some FUSE): zeros keep the contract.
+        self._write_zero_blocks(offset, length)
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        """Zero a range, keeping it allocated (WRITE SAME without UNMAP must not free space)."""
+        self._check_writable("write zeroes")
+        if length <= 0:
+            return
+        try:
+            if self.is_blockdev:
+                linux.blk_zeroout(self.fd, offset, length)
+            else:
+                linux.fallocate(self.fd, linux.FALLOC_FL_ZERO_RANGE, offset, length)
+            self._sync_if_writethrough()
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL):
+                raise BackstoreError.from_oserror(exc, self._io(f"write zeroes {offset}+{length}")) from None
+        self._write_zero_blocks(offset, length)
+
+    def _sync_if_writethrough(self) -> None:
+        """fallocate and the discard ioctls bypass O_DSYNC: sync them as a write would be."""
+        if not self.write_back:
+            os.fdatasync(self.fd)
+
+    def refresh_size(self) -> int:
+        """A block device's size follows the device; a file keeps its configured size."""
+        self._check_open()
+        if self.is_blockdev:
+            try:
+                self.size = linux.blk_size(self.fd)
+            except OSError as exc:
+                raise BackstoreError.from_oserror(exc, self._io("size")) from None
+        return self.size

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from vhostscsi.backstores import linux
 from vhostscsi.backstores.errors import BackstoreError
@@ -20,6 +20,14 @@ from vhostscsi.backstores.iov import preadv_full, pwritev_full
 __all__ = ["FileIOBackstore"]
 
 _RWF_DSYNC = getattr(os, "RWF_DSYNC", 0x2)
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> None:
+    linux.fallocate(fd, linux.FALLOC_FL_PUNCH_HOLE | linux.FALLOC_FL_KEEP_SIZE, offset, length)
+
+
+def _zero_range(fd: int, offset: int, length: int) -> None:
+    linux.fallocate(fd, linux.FALLOC_FL_ZERO_RANGE, offset, length)
 
 
 class FileIOBackstore(FdBackstore):
@@ -72,38 +80,30 @@ class FileIOBackstore(FdBackstore):
     def unmap(self, offset: int, length: int) -> None:
         """Punch a hole (file) or discard (block device); blocks read back as zeros."""
         self._check_writable("unmap")
-        if length <= 0:
-            return
-        try:
-            if self.is_blockdev:
-                linux.blk_discard(self.fd, offset, length)
-            else:
-                linux.fallocate(
-                    self.fd, linux.FALLOC_FL_PUNCH_HOLE | linux.FALLOC_FL_KEEP_SIZE, offset, length
-                )
-            self._sync_if_writethrough()
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL):
-                raise BackstoreError.from_oserror(exc, self._io(f"unmap {offset}+{length}")) from None
-        # No hole punching here (tmpfs of old kernels, some FUSE): zeros keep the contract.
-        self._write_zero_blocks(offset, length)
+        if self.is_blockdev:
+            self._space_op(linux.blk_discard, offset, length, "unmap")
+        else:
+            self._space_op(_punch_hole, offset, length, "unmap")
 
     def write_zeroes(self, offset: int, length: int) -> None:
         """Zero a range, keeping it allocated (WRITE SAME without UNMAP must not free space)."""
         self._check_writable("write zeroes")
+        if self.is_blockdev:
+            self._space_op(linux.blk_zeroout, offset, length, "write zeroes")
+        else:
+            self._space_op(_zero_range, offset, length, "write zeroes")
+
+    def _space_op(self, op: Callable[[int, int, int], None], offset: int, length: int, what: str) -> None:
+        """Run a space-management call; where the medium lacks it, writing zeros keeps the contract."""
         if length <= 0:
             return
         try:
-            if self.is_blockdev:
-                linux.blk_zeroout(self.fd, offset, length)
-            else:
-                linux.fallocate(self.fd, linux.FALLOC_FL_ZERO_RANGE, offset, length)
+            op(self.fd, offset, length)
             self._sync_if_writethrough()
             return
         except OSError as exc:
             if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL):
-                raise BackstoreError.from_oserror(exc, self._io(f"write zeroes {offset}+{length}")) from None
+                raise BackstoreError.from_oserror(exc, self._io(f"{what} {offset}+{length}")) from None
         self._write_zero_blocks(offset, length)
 
     def _sync_if_writethrough(self) -> None:

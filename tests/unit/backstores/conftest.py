@@ -1,27 +1,21 @@
-"""Shared helpers: storage-object stand-ins and patterned buffers."""
+"""Shared helpers: storage objects and patterned buffers."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import random
 from typing import Any
 
+from vhostscsi.config.model import StorageObject
 
-@dataclass
-class SO:
-    """The fields open_backstore reads, as vhostscsi.config.model.StorageObject has them."""
 
-    plugin: str
-    name: str
-    dev: str | None = None
-    size: int = 0
-    write_back: bool = True
-    readonly: bool = False
-    attributes: dict[str, Any] = field(default_factory=dict)
+def SO(plugin: str, name: str, **kw: Any) -> StorageObject:
+    """A real config-model storage object with a fixed serial (tests need no fresh UUIDs)."""
+    return StorageObject(plugin=plugin, name=name, wwn="00000000-0000-0000-0000-000000000001", **kw)
 
 
 def pattern(n: int, seed: int = 1) -> bytearray:
-    """Bytes that differ at every offset in a way a misplaced copy would show."""
-    return bytearray(((i * 7 + seed) ^ (i >> 8)) & 0xFF for i in range(n))
+    """Reproducible random bytes: any misplaced or missing copy shows up as a mismatch."""
+    return bytearray(random.Random(seed).randbytes(n))
 
 
 def split(buf: bytearray, sizes: list[int]) -> list[memoryview]:

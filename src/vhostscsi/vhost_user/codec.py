@@ -1,0 +1,309 @@
+"""vhost-user wire format: bytes (+ SCM_RIGHTS fds) in, messages out; messages in, bytes out.
+
+Pure and incremental so that the daemon can feed whatever `recvmsg` returned (half a header, three messages and
+their fds) and tests can check every byte. No sockets here: fds are plain ints handed in by the caller.
+
+Framing: a 12-byte little-endian header (request u32, flags u32, size u32) followed by `size` payload bytes.
+fds travel as ancillary data on the `sendmsg` that carries the message's first byte, so fds fed together with a
+chunk belong to the message that is in progress when the chunk starts (or the first one starting in it).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Iterable, NamedTuple, Sequence
+
+from vhostscsi.vhost_user.protocol import (
+    FLAG_NEED_REPLY,
+    FLAG_REPLY,
+    FLAG_VERSION_MASK,
+    HEADER_SIZE,
+    MAX_FDS,
+    MAX_PAYLOAD,
+    MEMORY_BASELINE_NREGIONS,
+    VERSION,
+    VRING_IDX_MASK,
+    VRING_NOFD_MASK,
+    Request,
+)
+
+_HEADER = struct.Struct("<III")
+_U64 = struct.Struct("<Q")
+_VRING_STATE = struct.Struct("<II")
+_VRING_ADDR = struct.Struct("<IIQQQQ")
+_MEM_HEADER = struct.Struct("<II")
+_MEM_REGION = struct.Struct("<QQQQ")
+_SINGLE_REGION = struct.Struct("<QQQQQ")
+_INFLIGHT = struct.Struct("<QQHH")
+_INFLIGHT_WIRE_SIZE = 24  # QEMU sends sizeof(VhostUserInflight), which C pads to 24
+_LOG = struct.Struct("<QQ")
+_CONFIG_HEADER = struct.Struct("<III")
+
+
+class ProtocolError(Exception):
+    """The byte stream cannot be a vhost-user conversation any more; the only answer is to drop the peer."""
+
+
+class PayloadError(ValueError):
+    """A message's payload has the wrong size or content for its request code (one request fails, not the link)."""
+
+
+@dataclass(slots=True)
+class Message:
+    """One vhost-user message. `fds` are owned by whoever holds the message (close them when done)."""
+
+    request: int
+    flags: int = VERSION
+    payload: bytes = b""
+    fds: tuple[int, ...] = field(default=())
+
+    @property
+    def need_reply(self) -> bool:
+        return bool(self.flags & FLAG_NEED_REPLY)
+
+    @property
+    def is_reply(self) -> bool:
+        return bool(self.flags & FLAG_REPLY)
+
+    def name(self) -> str:
+        """Request name for logs; unknown codes print as their number rather than failing."""
+        try:
+            return Request(self.request).name
+        except ValueError:
+            return f"REQUEST_{self.request}"
+
+
+def encode(msg: Message) -> bytes:
+    """Header + payload bytes of `msg` (its fds are sent by the caller as SCM_RIGHTS alongside)."""
+    if len(msg.payload) > MAX_PAYLOAD:
+        raise PayloadError(f"payload of {len(msg.payload)} bytes exceeds the {MAX_PAYLOAD}-byte limit")
+    return _HEADER.pack(msg.request, msg.flags, len(msg.payload)) + msg.payload
+
+
+def reply_to(msg: Message, payload: bytes = b"", fds: tuple[int, ...] = ()) -> Message:
+    """The reply frame for `msg`: same request code, version 1, REPLY set, NEED_REPLY cleared."""
+    return Message(msg.request, VERSION | FLAG_REPLY, payload, fds)
+
+
+class Decoder:
+    """Incremental decoder: `feed(chunk, fds)` returns the messages completed by that chunk, in order."""
+
+    __slots__ = ("_buf", "_pending_fds", "_current_fds", "_need")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pending_fds: list[int] = []
+        self._current_fds: list[int] = []
+        self._need = HEADER_SIZE
+
+    def feed(self, data: bytes | bytearray | memoryview, fds: Iterable[int] = ()) -> list[Message]:
+        """Consume bytes (and the fds that arrived with them); raise ProtocolError on an impossible stream.
+
+        On ProtocolError every fd fed so far and not yet handed out in a Message is returned by `take_fds()`
+        so the caller can close them.
+        """
+        fds = list(fds)
+        if fds:
+            if self._buf:  # a message is in progress: its ancillary data came with this chunk
+                self._current_fds.extend(fds)
+            else:
+                self._pending_fds.extend(fds)
+        self._buf += data
+        out: list[Message] = []
+        while len(self._buf) >= HEADER_SIZE:
+            request, flags, size = _HEADER.unpack_from(self._buf, 0)
+            if (flags & FLAG_VERSION_MASK) != VERSION:
+                raise ProtocolError(f"bad vhost-user version in flags {flags:#x} (request {request})")
+            if size > MAX_PAYLOAD:
+                raise ProtocolError(f"payload size {size} of request {request} exceeds {MAX_PAYLOAD} bytes")
+            if self._pending_fds:
+                self._current_fds.extend(self._pending_fds)
+                self._pending_fds.clear()
+            if len(self._current_fds) > MAX_FDS:
+                raise ProtocolError(f"{len(self._current_fds)} fds attached to one message (max {MAX_FDS})")
+            end = HEADER_SIZE + size
+            if len(self._buf) < end:
+                break
+            out.append(Message(request, flags, bytes(self._buf[HEADER_SIZE:end]), tuple(self._current_fds)))
+            self._current_fds.clear()
+            del self._buf[:end]
+        return out
+
+    def take_fds(self) -> list[int]:
+        """Hand back fds not attached to a returned message (to close them when dropping the peer)."""
+        fds = self._current_fds + self._pending_fds
+        self._current_fds = []
+        self._pending_fds = []
+        return fds
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete message held back; non-zero at EOF means the peer hung up mid-message."""
+        return len(self._buf)
+
+
+def decode(data: bytes, fds: Sequence[int] = ()) -> list[Message]:
+    """Decode a buffer holding only whole messages; trailing partial bytes are a ProtocolError."""
+    dec = Decoder()
+    msgs = dec.feed(data, fds)
+    if dec.buffered:
+        raise ProtocolError(f"{dec.buffered} trailing bytes do not form a whole message")
+    return msgs
+
+
+# ---- payload structures -------------------------------------------------------------------------------------
+
+
+def _expect(payload: bytes, size: int, what: str) -> None:
+    if len(payload) != size:
+        raise PayloadError(f"{what} payload must be {size} bytes, got {len(payload)}")
+
+
+def pack_u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def unpack_u64(payload: bytes) -> int:
+    _expect(payload, 8, "u64")
+    return _U64.unpack(payload)[0]
+
+
+class VringState(NamedTuple):
+    index: int
+    num: int
+
+
+def pack_vring_state(index: int, num: int) -> bytes:
+    return _VRING_STATE.pack(index, num)
+
+
+def unpack_vring_state(payload: bytes) -> VringState:
+    _expect(payload, _VRING_STATE.size, "vring state")
+    return VringState(*_VRING_STATE.unpack(payload))
+
+
+class VringAddr(NamedTuple):
+    """Ring addresses in the front end's (QEMU's) virtual address space, not guest physical."""
+
+    index: int
+    flags: int
+    desc: int
+    used: int
+    avail: int
+    log: int
+
+
+def pack_vring_addr(addr: VringAddr) -> bytes:
+    return _VRING_ADDR.pack(*addr)
+
+
+def unpack_vring_addr(payload: bytes) -> VringAddr:
+    _expect(payload, _VRING_ADDR.size, "vring address")
+    return VringAddr(*_VRING_ADDR.unpack(payload))
+
+
+class VringFile(NamedTuple):
+    """SET_VRING_KICK/CALL/ERR: ring index and whether an fd is attached (no fd = polling / not used)."""
+
+    index: int
+    has_fd: bool
+
+
+def pack_vring_file(index: int, has_fd: bool) -> bytes:
+    return _U64.pack(index | (0 if has_fd else VRING_NOFD_MASK))
+
+
+def unpack_vring_file(payload: bytes) -> VringFile:
+    value = unpack_u64(payload)
+    return VringFile(value & VRING_IDX_MASK, not value & VRING_NOFD_MASK)
+
+
+class RegionDesc(NamedTuple):
+    """One memory region as described on the wire (its fd travels separately)."""
+
+    guest_phys_addr: int
+    memory_size: int
+    userspace_addr: int
+    mmap_offset: int
+
+
+def pack_memory_table(regions: Sequence[RegionDesc]) -> bytes:
+    if len(regions) > MEMORY_BASELINE_NREGIONS:
+        raise PayloadError(f"{len(regions)} memory regions exceed the limit of {MEMORY_BASELINE_NREGIONS}")
+    return _MEM_HEADER.pack(len(regions), 0) + b"".join(_MEM_REGION.pack(*r) for r in regions)
+
+
+def unpack_memory_table(payload: bytes) -> list[RegionDesc]:
+    if len(payload) < _MEM_HEADER.size:
+        raise PayloadError(f"memory table payload too short ({len(payload)} bytes)")
+    nregions, _padding = _MEM_HEADER.unpack_from(payload, 0)
+    if nregions > MEMORY_BASELINE_NREGIONS:
+        raise PayloadError(f"memory table has {nregions} regions (max {MEMORY_BASELINE_NREGIONS})")
+    need = _MEM_HEADER.size + nregions * _MEM_REGION.size
+    # QEMU sends exactly the used regions; some front ends send the whole 8-slot array. Both are valid.
+    if len(payload) != need and len(payload) != _MEM_HEADER.size + MEMORY_BASELINE_NREGIONS * _MEM_REGION.size:
+        raise PayloadError(f"memory table with {nregions} regions must be {need} bytes, got {len(payload)}")
+    return [
+        RegionDesc(*_MEM_REGION.unpack_from(payload, _MEM_HEADER.size + i * _MEM_REGION.size))
+        for i in range(nregions)
+    ]
+
+
+def pack_single_region(region: RegionDesc) -> bytes:
+    return _SINGLE_REGION.pack(0, *region)
+
+
+def unpack_single_region(payload: bytes) -> RegionDesc:
+    _expect(payload, _SINGLE_REGION.size, "memory region")
+    return RegionDesc(*_SINGLE_REGION.unpack(payload)[1:])
+
+
+class Inflight(NamedTuple):
+    """GET/SET_INFLIGHT_FD: size and offset of the shared in-flight area, queue count and size."""
+
+    mmap_size: int
+    mmap_offset: int
+    num_queues: int
+    queue_size: int
+
+
+def pack_inflight(info: Inflight) -> bytes:
+    return _INFLIGHT.pack(*info).ljust(_INFLIGHT_WIRE_SIZE, b"\0")
+
+
+def unpack_inflight(payload: bytes) -> Inflight:
+    if len(payload) not in (_INFLIGHT.size, _INFLIGHT_WIRE_SIZE):
+        raise PayloadError(f"inflight payload must be {_INFLIGHT_WIRE_SIZE} bytes, got {len(payload)}")
+    return Inflight(*_INFLIGHT.unpack_from(payload, 0))
+
+
+class LogInfo(NamedTuple):
+    mmap_size: int
+    mmap_offset: int
+
+
+def unpack_log(payload: bytes) -> LogInfo:
+    _expect(payload, _LOG.size, "log")
+    return LogInfo(*_LOG.unpack(payload))
+
+
+class ConfigSpace(NamedTuple):
+    offset: int
+    size: int
+    flags: int
+    data: bytes
+
+
+def pack_config(cfg: ConfigSpace) -> bytes:
+    return _CONFIG_HEADER.pack(cfg.offset, len(cfg.data), cfg.flags) + cfg.data
+
+
+def unpack_config(payload: bytes) -> ConfigSpace:
+    if len(payload) < _CONFIG_HEADER.size:
+        raise PayloadError(f"config payload too short ({len(payload)} bytes)")
+    offset, size, flags = _CONFIG_HEADER.unpack_from(payload, 0)
+    data = payload[_CONFIG_HEADER.size :]
+    if size > 256 or len(data) != size:
+        raise PayloadError(f"config payload declares {size} bytes but carries {len(data)}")
+    return ConfigSpace(offset, size, flags, data)

@@ -1,0 +1,27 @@
+"""A full memory fence for the ring code, in pure CPython.
+
+Why: notification suppression has a lost-wakeup race. The device re-enables notifications (a store to
+avail_event or used.flags) and then re-reads avail.idx (a load). x86 may satisfy that load before the store is
+visible to the other CPU, so a buffer the driver added in between is seen by nobody and the queue stalls until the
+next unrelated kick. Likewise before reading used_event after publishing used.idx. Only a full fence (mfence or a
+locked instruction) orders a store before a later load; plain Python attribute and memoryview writes emit none.
+
+How: acquiring an uncontended `threading.Lock` runs an atomic compare-and-exchange in the C runtime (a locked
+instruction on x86, a full barrier on arm64's acquire+release pair as used by glibc's semaphores), and releasing it
+is another. The lock is private to this module and never held across anything, so it never contends. This is the
+one place the ring layer touches `threading`; it creates no threads.
+"""
+
+from __future__ import annotations
+
+import threading
+
+_fence_lock = threading.Lock()
+_acquire = _fence_lock.acquire
+_release = _fence_lock.release
+
+
+def full_fence() -> None:
+    """Order every store before this call ahead of every load after it (see module docstring)."""
+    _acquire()
+    _release()

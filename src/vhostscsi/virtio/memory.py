@@ -1,0 +1,167 @@
+"""Guest memory as seen by a vhost-user back end: regions of shared RAM, addressed two ways.
+
+Descriptors carry guest physical addresses (GPA); SET_VRING_ADDR carries the front end's own virtual addresses
+(QEMU's "userspace_addr", UVA). Both must land on the same mapping, so each region knows both bases.
+Every translation is bounds-checked against the regions: the guest is untrusted, and a memoryview that reached
+outside a region would read or write our own heap. Failures return None/False instead of raising because the
+ring walker turns them into a failed request, and exceptions on the hot path cost more than a branch.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+_U64_LIMIT = 1 << 64
+
+
+class GuestMemoryError(ValueError):
+    """A memory table that cannot be used (overlap, bad size, failed mmap)."""
+
+
+@dataclass(slots=True)
+class MemoryRegion:
+    """One region: `buf` is exactly `size` bytes, the guest's bytes [gpa, gpa+size) and QEMU's [uva, uva+size)."""
+
+    gpa: int
+    size: int
+    uva: int
+    buf: memoryview
+
+    @property
+    def gpa_end(self) -> int:
+        return self.gpa + self.size
+
+    @property
+    def uva_end(self) -> int:
+        return self.uva + self.size
+
+
+class GuestMemory:
+    """The set of regions from one SET_MEM_TABLE (or ADD/REM_MEM_REG); immutable once built."""
+
+    __slots__ = ("regions", "_mmaps", "_last")
+
+    def __init__(self, regions: Sequence[MemoryRegion], mmaps: Sequence[mmap.mmap] = ()) -> None:
+        regs = sorted(regions, key=lambda r: r.gpa)
+        for r in regs:
+            if r.size <= 0 or len(r.buf) != r.size or r.gpa + r.size > _U64_LIMIT or r.uva + r.size > _U64_LIMIT:
+                raise GuestMemoryError(f"region at gpa {r.gpa:#x} has an unusable size {r.size:#x}")
+        for a, b in zip(regs, regs[1:]):
+            if a.gpa_end > b.gpa:
+                raise GuestMemoryError(f"regions at gpa {a.gpa:#x} and {b.gpa:#x} overlap")
+        by_uva = sorted(regs, key=lambda r: r.uva)
+        for a, b in zip(by_uva, by_uva[1:]):
+            if a.uva_end > b.uva:
+                raise GuestMemoryError(f"regions at uva {a.uva:#x} and {b.uva:#x} overlap")
+        self.regions: tuple[MemoryRegion, ...] = tuple(regs)
+        self._mmaps = list(mmaps)
+        self._last = regs[0] if regs else None
+
+    @classmethod
+    def map_fds(cls, table: Sequence[tuple[int, int, int, int]], fds: Sequence[int]) -> "GuestMemory":
+        """mmap each region's fd (gpa, size, uva, mmap_offset) shared read/write; the fds may be closed after.
+
+        The whole file prefix up to mmap_offset+size is mapped because mmap offsets must be page aligned and the
+        front end's need not be.
+        """
+        if len(table) != len(fds):
+            raise GuestMemoryError(f"{len(table)} regions but {len(fds)} fds")
+        regions: list[MemoryRegion] = []
+        maps: list[mmap.mmap] = []
+        try:
+            for (gpa, size, uva, offset), fd in zip(table, fds):
+                if size <= 0 or offset < 0:
+                    raise GuestMemoryError(f"region at gpa {gpa:#x}: size {size:#x} offset {offset:#x}")
+                try:
+                    st = os.fstat(fd)
+                    if st.st_size and offset + size > st.st_size:
+                        raise GuestMemoryError(
+                            f"region at gpa {gpa:#x} ends at file offset {offset + size:#x} beyond the "
+                            f"{st.st_size:#x}-byte file"
+                        )
+                    m = mmap.mmap(fd, offset + size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+                except OSError as e:
+                    raise GuestMemoryError(f"cannot map region at gpa {gpa:#x}: {e.strerror}") from e
+                maps.append(m)
+                regions.append(MemoryRegion(gpa, size, uva, memoryview(m)[offset : offset + size]))
+            return cls(regions, maps)
+        except Exception:
+            for r in regions:
+                r.buf.release()
+            for m in maps:
+                m.close()
+            raise
+
+    def close(self) -> None:
+        """Unmap if nothing else still holds a view; otherwise the mapping lives until the last view goes."""
+        for r in self.regions:
+            try:
+                r.buf.release()
+            except BufferError:
+                pass
+        for m in self._mmaps:
+            try:
+                m.close()
+            except BufferError:
+                pass
+        self._mmaps = []
+
+    def _find_gpa(self, gpa: int) -> MemoryRegion | None:
+        r = self._last
+        if r is not None and r.gpa <= gpa < r.gpa + r.size:
+            return r
+        for r in self.regions:
+            if r.gpa <= gpa < r.gpa + r.size:
+                self._last = r
+                return r
+        return None
+
+    def view(self, gpa: int, length: int) -> memoryview | None:
+        """A single contiguous view of [gpa, gpa+length), or None if outside memory or split across regions."""
+        if length < 0 or gpa < 0:
+            return None
+        r = self._find_gpa(gpa)
+        if r is None:
+            return None
+        off = gpa - r.gpa
+        if off + length > r.size:
+            return None
+        return r.buf[off : off + length]
+
+    def append_views(self, out: list[memoryview], gpa: int, length: int) -> bool:
+        """Append views covering [gpa, gpa+length) to `out`, split where regions meet; False if any byte is
+        outside every region (then `out` may hold a partial prefix: the caller discards the request)."""
+        if length < 0 or gpa < 0 or gpa + length > _U64_LIMIT:
+            return False
+        while length:
+            r = self._find_gpa(gpa)
+            if r is None:
+                return False
+            off = gpa - r.gpa
+            n = r.size - off
+            if n >= length:
+                out.append(r.buf[off : off + length])
+                return True
+            out.append(r.buf[off:])
+            gpa += n
+            length -= n
+        return True
+
+    def uva_view(self, uva: int, length: int) -> memoryview | None:
+        """View of the front end's virtual range [uva, uva+length) (vring addresses); one region only."""
+        if length < 0 or uva < 0:
+            return None
+        for r in self.regions:
+            if r.uva <= uva and uva + length <= r.uva + r.size:
+                off = uva - r.uva
+                return r.buf[off : off + length]
+        return None
+
+    def uva_to_gpa(self, uva: int) -> int | None:
+        for r in self.regions:
+            if r.uva <= uva < r.uva + r.size:
+                return r.gpa + (uva - r.uva)
+        return None

@@ -1,0 +1,378 @@
+"""Device side of a split virtqueue (virtio 1.x, 2.7) over mapped guest memory.
+
+Sans-I/O: it reads the driver's rings and writes the used ring through memoryviews, nothing else. The engine
+owns the eventfds; it asks `should_notify()` whether to signal the call fd after a batch.
+
+The guest is untrusted. Every descriptor is bounds-checked through `GuestMemory`; a malformed chain (address
+outside memory, loop, chain longer than the table, indirect inside indirect, readable after writable) yields a
+`Chain` with `error` set so the caller completes it as failed. Only damage that makes the ring itself unusable
+(avail index jumping by more than the ring size, a head index beyond the table) sets `broken`: the device then
+needs a reset, which the engine reports through the error eventfd.
+
+Memory ordering: indices are read/written through memoryview casts (single 16/32-bit accesses). Used elements
+are written before used.idx (x86 keeps store order). Store-then-load sequences go through `full_fence()`.
+"""
+
+from __future__ import annotations
+
+import struct
+from vhostscsi.virtio.barrier import full_fence
+from vhostscsi.virtio.memory import GuestMemory
+
+VRING_DESC_F_NEXT = 1
+VRING_DESC_F_WRITE = 2
+VRING_DESC_F_INDIRECT = 4
+VRING_USED_F_NO_NOTIFY = 1
+VRING_AVAIL_F_NO_INTERRUPT = 1
+MAX_QUEUE_SIZE = 32768
+
+_DESC = struct.Struct("<QIHH")
+_unpack_desc = _DESC.unpack_from
+
+
+class VirtqueueError(ValueError):
+    """The ring cannot be set up (size not a power of two, ring outside memory)."""
+
+
+class Chain:
+    """One request taken from the avail ring: its head index and the guest buffers, split by direction.
+
+    `out` are driver-to-device (readable) buffers, `in_` device-to-driver (writable) ones, in chain order, as
+    views of guest memory (no copies). `error` is None for a good chain, else a short reason.
+    """
+
+    __slots__ = ("head", "out", "in_", "error")
+
+    def __init__(self, head: int) -> None:
+        self.head = head
+        self.out: list[memoryview] = []
+        self.in_: list[memoryview] = []
+        self.error: str | None = None
+
+    def in_len(self) -> int:
+        return sum(len(v) for v in self.in_)
+
+    def out_len(self) -> int:
+        return sum(len(v) for v in self.out)
+
+    def __repr__(self) -> str:
+        return f"Chain(head={self.head}, out={self.out_len()}, in={self.in_len()}, error={self.error!r})"
+
+
+def ring_sizes(size: int) -> tuple[int, int, int]:
+    """Bytes of the descriptor table, avail ring and used ring for a queue of `size` (with the event words)."""
+    return 16 * size, 6 + 2 * size, 6 + 8 * size
+
+
+def vring_need_event(event_idx: int, new_idx: int, old_idx: int) -> bool:
+    """The spec's test: has the index crossed `event_idx` while moving from old to new (mod 2**16)?"""
+    return ((new_idx - event_idx - 1) & 0xFFFF) < ((new_idx - old_idx) & 0xFFFF)
+
+
+class SplitVirtqueue:
+    """One split ring. Not thread-safe: one engine thread owns it at a time."""
+
+    __slots__ = (
+        "memory", "size", "event_idx", "indirect", "last_avail_idx", "used_idx", "broken", "broken_reason",
+        "_desc", "_avail", "_used", "_used_u32", "_mask", "_signalled_used", "_signalled_valid",
+        "_notifications_enabled", "inflight",
+    )
+
+    def __init__(
+        self,
+        memory: GuestMemory,
+        size: int,
+        desc: memoryview,
+        avail: memoryview,
+        used: memoryview,
+        *,
+        event_idx: bool = False,
+        indirect: bool = True,
+        last_avail_idx: int = 0,
+    ) -> None:
+        if size <= 0 or size > MAX_QUEUE_SIZE or size & (size - 1):
+            raise VirtqueueError(f"queue size {size} is not a power of two up to {MAX_QUEUE_SIZE}")
+        dsz, asz, usz = ring_sizes(size)
+        if len(desc) < dsz or len(avail) < asz or len(used) < usz:
+            raise VirtqueueError("ring views are smaller than the queue size requires")
+        self.memory = memory
+        self.size = size
+        self.event_idx = event_idx
+        self.indirect = indirect
+        self._mask = size - 1
+        self._desc = desc[:dsz]
+        self._avail = avail[:asz].cast("H")
+        self._used = used[:usz].cast("H")
+        self._used_u32 = used[4 : 4 + 8 * size].cast("I")
+        self.last_avail_idx = last_avail_idx & 0xFFFF
+        # The device's view of used.idx: start from what is in memory (it equals last_avail_idx after a clean
+        # SET_VRING_BASE, and is the truth after a back-end restart with requests in flight).
+        self.used_idx = self._used[1]
+        self.broken = False
+        self.broken_reason = ""
+        self._signalled_used = self.used_idx
+        self._signalled_valid = False
+        self._notifications_enabled = True
+        self.inflight: "InflightQueue | None" = None
+
+    @classmethod
+    def from_uva(
+        cls, memory: GuestMemory, size: int, desc_uva: int, avail_uva: int, used_uva: int, **kw: object
+    ) -> "SplitVirtqueue":
+        """Build from the front end's virtual addresses (SET_VRING_ADDR); each ring must sit in one region."""
+        if size <= 0 or size > MAX_QUEUE_SIZE or size & (size - 1):
+            raise VirtqueueError(f"queue size {size} is not a power of two up to {MAX_QUEUE_SIZE}")
+        dsz, asz, usz = ring_sizes(size)
+        views = []
+        for name, uva, n in (("descriptor table", desc_uva, dsz), ("avail ring", avail_uva, asz),
+                             ("used ring", used_uva, usz)):
+            v = memory.uva_view(uva, n)
+            if v is None:
+                raise VirtqueueError(f"{name} at {uva:#x} (+{n:#x}) is outside guest memory")
+            views.append(v)
+        return cls(memory, size, views[0], views[1], views[2], **kw)  # type: ignore[arg-type]
+
+    # ---- avail side -------------------------------------------------------------------------------------------
+
+    def _break(self, reason: str) -> None:
+        self.broken = True
+        self.broken_reason = reason
+
+    def avail_idx(self) -> int:
+        return self._avail[1]
+
+    def has_avail(self) -> bool:
+        return not self.broken and self._avail[1] != self.last_avail_idx
+
+    def pop(self) -> Chain | None:
+        """Take the next available chain, or None if the ring is empty (or broken)."""
+        if self.broken:
+            return None
+        avail_idx = self._avail[1]
+        last = self.last_avail_idx
+        if avail_idx == last:
+            return None
+        if ((avail_idx - last) & 0xFFFF) > self.size:
+            self._break(f"avail index moved from {last} to {avail_idx}, more than the ring size {self.size}")
+            return None
+        head = self._avail[2 + (last & self._mask)]
+        if head >= self.size:
+            self._break(f"avail ring names descriptor {head} in a ring of {self.size}")
+            return None
+        self.last_avail_idx = (last + 1) & 0xFFFF
+        if self.event_idx and self._notifications_enabled:
+            self._used[2 + 4 * self.size] = self.last_avail_idx
+        chain = self.walk(head)
+        if self.inflight is not None:
+            self.inflight.record_pop(head)
+        return chain
+
+    def pop_all(self) -> list[Chain]:
+        """Everything available now (one wake-up's batch)."""
+        out = []
+        pop = self.pop
+        chain = pop()
+        while chain is not None:
+            out.append(chain)
+            chain = pop()
+        return out
+
+    def walk(self, head: int) -> Chain:
+        """Gather the buffers of the chain starting at `head`; errors go into `chain.error`, never raised."""
+        chain = Chain(head)
+        out = chain.out
+        in_ = chain.in_
+        memory = self.memory
+        table = self._desc
+        table_size = self.size
+        in_indirect = False
+        i = head
+        count = 0
+        while True:
+            if i >= table_size:
+                chain.error = f"descriptor index {i} beyond table of {table_size}"
+                return chain
+            count += 1
+            if count > table_size:
+                chain.error = "descriptor chain loops or is longer than its table"
+                return chain
+            addr, length, flags, nxt = _unpack_desc(table, i << 4)
+            if flags & VRING_DESC_F_INDIRECT:
+                if not self.indirect:
+                    chain.error = "indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC"
+                    return chain
+                if in_indirect:
+                    chain.error = "indirect descriptor inside an indirect table"
+                    return chain
+                if flags & VRING_DESC_F_NEXT:
+                    chain.error = "indirect descriptor with NEXT set"
+                    return chain
+                if length == 0 or length & 15:
+                    chain.error = f"indirect table length {length} is not a multiple of 16"
+                    return chain
+                t = memory.view(addr, length)
+                if t is None:
+                    chain.error = f"indirect table at {addr:#x} (+{length:#x}) is outside guest memory"
+                    return chain
+                table = t
+                table_size = length >> 4
+                in_indirect = True
+                i = 0
+                count = 0
+                continue
+            if flags & VRING_DESC_F_WRITE:
+                if not memory.append_views(in_, addr, length):
+                    chain.error = f"buffer at {addr:#x} (+{length:#x}) is outside guest memory"
+                    return chain
+            else:
+                if in_:
+                    chain.error = "readable descriptor after a writable one"
+                    return chain
+                if not memory.append_views(out, addr, length):
+                    chain.error = f"buffer at {addr:#x} (+{length:#x}) is outside guest memory"
+                    return chain
+            if not flags & VRING_DESC_F_NEXT:
+                return chain
+            i = nxt
+
+    # ---- used side --------------------------------------------------------------------------------------------
+
+    def push(self, head: int, written: int) -> None:
+        """Return chain `head` to the driver with `written` bytes put in its writable buffers.
+
+        The element is written before used.idx so the driver never sees an index covering a stale element.
+        """
+        idx = self.used_idx
+        inflight = self.inflight
+        if inflight is not None:
+            inflight.before_push(head)
+        slot = (idx & self._mask) << 1
+        u32 = self._used_u32
+        u32[slot] = head
+        u32[slot + 1] = written
+        idx = (idx + 1) & 0xFFFF
+        self.used_idx = idx
+        self._used[1] = idx
+        if inflight is not None:
+            inflight.after_push(head, idx)
+
+    # ---- notifications ----------------------------------------------------------------------------------------
+
+    def disable_notifications(self) -> None:
+        """Ask the driver not to kick while we are draining the ring anyway."""
+        self._notifications_enabled = False
+        if not self.event_idx:
+            self._used[0] = self._used[0] | VRING_USED_F_NO_NOTIFY
+
+    def enable_notifications(self) -> bool:
+        """Re-arm driver kicks; return True if buffers arrived meanwhile (the caller must drain again).
+
+        The fence between re-arming (a store) and re-reading avail.idx (a load) closes the lost-wakeup race.
+        """
+        self._notifications_enabled = True
+        if self.event_idx:
+            self._used[2 + 4 * self.size] = self.last_avail_idx
+        else:
+            self._used[0] = self._used[0] & ~VRING_USED_F_NO_NOTIFY & 0xFFFF
+        full_fence()
+        return self.has_avail()
+
+    def should_notify(self) -> bool:
+        """Whether the engine must signal the call fd for completions pushed since the last True answer."""
+        full_fence()  # used.idx (stored) must be visible before we read the driver's suppression state
+        new = self.used_idx
+        old = self._signalled_used
+        valid = self._signalled_valid
+        self._signalled_used = new
+        self._signalled_valid = True
+        if not self.event_idx:
+            if new == old and valid:
+                return False
+            return not (self._avail[0] & VRING_AVAIL_F_NO_INTERRUPT)
+        if not valid:
+            return True
+        return vring_need_event(self._avail[2 + self.size], new, old)
+
+
+# ---- in-flight tracking (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD, split-ring layout of the vhost-user spec) -------
+
+_INFLIGHT_HEADER = struct.Struct("<QHHHH")  # features, version, desc_num, last_batch_head, used_idx
+INFLIGHT_HEADER_SIZE = 16
+INFLIGHT_DESC_SIZE = 16  # inflight u8, padding[5], next u16, counter u64
+INFLIGHT_ALIGN = 64
+
+
+def inflight_queue_bytes(queue_size: int) -> int:
+    """Bytes one queue takes in the shared in-flight area (header + one state per descriptor, 64-aligned)."""
+    n = INFLIGHT_HEADER_SIZE + INFLIGHT_DESC_SIZE * queue_size
+    return (n + INFLIGHT_ALIGN - 1) // INFLIGHT_ALIGN * INFLIGHT_ALIGN
+
+
+class InflightQueue:
+    """One queue's slice of the in-flight area: which heads were taken from avail and not yet returned.
+
+    The area is shared with QEMU and survives our process, so after a restart `recover()` tells which requests
+    to run again, in the order they were taken.
+    """
+
+    __slots__ = ("buf", "size", "_counter")
+
+    def __init__(self, buf: memoryview, size: int, features: int) -> None:
+        if len(buf) < inflight_queue_bytes(size):
+            raise VirtqueueError(f"in-flight area of {len(buf)} bytes is too small for a queue of {size}")
+        self.buf = buf
+        self.size = size
+        _f, version, desc_num, _lb, _ui = _INFLIGHT_HEADER.unpack_from(buf, 0)
+        if version != 1 or desc_num != size:
+            buf[: inflight_queue_bytes(size)] = bytes(inflight_queue_bytes(size))
+            _INFLIGHT_HEADER.pack_into(buf, 0, features, 1, size, 0, 0)
+        self._counter = 1 + max(
+            (struct.unpack_from("<Q", buf, INFLIGHT_HEADER_SIZE + INFLIGHT_DESC_SIZE * i + 8)[0]
+             for i in range(size)),
+            default=0,
+        )
+
+    def _desc_off(self, head: int) -> int:
+        return INFLIGHT_HEADER_SIZE + INFLIGHT_DESC_SIZE * head
+
+    def record_pop(self, head: int) -> None:
+        off = self._desc_off(head)
+        struct.pack_into("<Q", self.buf, off + 8, self._counter)
+        self._counter += 1
+        self.buf[off] = 1
+
+    def before_push(self, head: int) -> None:
+        struct.pack_into("<H", self.buf, 12, head)  # last_batch_head
+
+    def after_push(self, head: int, used_idx: int) -> None:
+        self.buf[self._desc_off(head)] = 0
+        struct.pack_into("<H", self.buf, 14, used_idx)
+
+    def used_idx(self) -> int:
+        return struct.unpack_from("<H", self.buf, 14)[0]
+
+    def recover(self, ring_used_idx: int) -> list[int]:
+        """Heads still in flight, oldest first; repairs a push interrupted between used.idx and the region."""
+        if self.used_idx() != ring_used_idx:
+            last = struct.unpack_from("<H", self.buf, 12)[0]
+            if last < self.size:
+                self.buf[self._desc_off(last)] = 0
+            struct.pack_into("<H", self.buf, 14, ring_used_idx)
+        pending = []
+        for head in range(self.size):
+            off = self._desc_off(head)
+            if self.buf[off]:
+                pending.append((struct.unpack_from("<Q", self.buf, off + 8)[0], head))
+        pending.sort()
+        return [h for _c, h in pending]
+
+
+def attach_inflight(vq: SplitVirtqueue, inflight: InflightQueue) -> list[Chain]:
+    """Track `vq` in `inflight` and return the chains to resubmit (taken before a restart, never completed).
+
+    last_avail_idx is set past them, as they were already consumed from the avail ring by the previous process.
+    """
+    heads = inflight.recover(vq.used_idx)
+    vq.inflight = inflight
+    vq.last_avail_idx = (vq.used_idx + len(heads)) & 0xFFFF
+    return [vq.walk(h) for h in heads]

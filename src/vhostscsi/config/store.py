@@ -65,7 +65,7 @@ def load_config(path: Path | str) -> Config:
     if not raw.strip():
         raise ConfigError(f"{p} is empty (truncated?): restore a copy from {backup_dir(p)}")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         detail = f"line {exc.lineno} column {exc.colno}: {exc.msg}" if isinstance(
             exc, json.JSONDecodeError

@@ -1,1 +1,50 @@
+"""Boot small Linux guests for tests and the demo: busybox initramfs + the host's kernel, under QEMU TCG."""
 
+from vhostscsi.guestkit.boot import (
+    DEFAULT_APPEND,
+    Guest,
+    GuestError,
+    boot_guest,
+    qemu_binary,
+    qemu_command,
+    shared_memory_args,
+    start_guest,
+)
+from vhostscsi.guestkit.binaries import GNU_DD, sg3_utils
+from vhostscsi.guestkit.image import GuestImage, default_cache_dir
+from vhostscsi.guestkit.kernel import GuestkitError, Kernel, find_kernel, resolve_modules
+from vhostscsi.guestkit.snippets import (
+    EXIT_MARKER,
+    LIO_MODULES,
+    LOAD_MODULES,
+    MOUNTS,
+    POWEROFF,
+    VIRTIO_SCSI_MODULES,
+    prelude,
+)
+
+__all__ = [
+    "DEFAULT_APPEND",
+    "EXIT_MARKER",
+    "GNU_DD",
+    "Guest",
+    "GuestError",
+    "GuestImage",
+    "GuestkitError",
+    "Kernel",
+    "LIO_MODULES",
+    "LOAD_MODULES",
+    "MOUNTS",
+    "POWEROFF",
+    "VIRTIO_SCSI_MODULES",
+    "boot_guest",
+    "default_cache_dir",
+    "find_kernel",
+    "prelude",
+    "qemu_binary",
+    "qemu_command",
+    "resolve_modules",
+    "sg3_utils",
+    "shared_memory_args",
+    "start_guest",
+]

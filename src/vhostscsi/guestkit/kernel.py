@@ -1,0 +1,131 @@
+"""Finding a bootable kernel and the module files (with dependencies, in load order) it needs.
+
+Debian's cloud kernel is preferred: it boots fastest under TCG and carries the target modules
+(target_core_*, tcm_loop, vhost_scsi). Load order comes from modules.dep (a depth-first walk,
+dependencies first), so callers name only what they want, not what it needs.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import lzma
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Kernel", "GuestkitError", "find_kernel", "resolve_modules", "module_bytes"]
+
+
+class GuestkitError(RuntimeError):
+    """Something a guest image or boot needs is missing; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A kernel image and the modules tree that matches it."""
+
+    vmlinuz: Path
+    version: str
+    modules_root: Path = Path("/lib/modules")
+
+    @property
+    def modules_dir(self) -> Path:
+        """Where modules.dep and the .ko files of this kernel live."""
+        return self.modules_root / self.version
+
+
+def find_kernel(prefer: str = "cloud", vmlinuz: str | os.PathLike[str] | None = None) -> Kernel:
+    """The kernel to boot: an explicit vmlinuz, else the newest /boot one with modules (prefer cloud)."""
+    if vmlinuz is not None:
+        path = Path(vmlinuz)
+        version = path.name.removeprefix("vmlinuz-")
+        if not path.is_file():
+            raise GuestkitError(f"kernel {path} does not exist")
+        return Kernel(path, version)
+    found = []
+    for name in glob.glob("/boot/vmlinuz-*"):
+        version = os.path.basename(name).removeprefix("vmlinuz-")
+        if (Path("/lib/modules") / version / "modules.dep").is_file():
+            found.append(Kernel(Path(name), version))
+    if not found:
+        raise GuestkitError(
+            "no kernel in /boot with modules in /lib/modules: install linux-image-cloud-amd64"
+        )
+    found.sort(key=lambda k: (prefer in k.version, k.version))
+    return found[-1]
+
+
+def _norm(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def _module_name(path: str) -> str:
+    base = os.path.basename(path)
+    return _norm(re.sub(r"\.ko(\.(xz|zst|gz))?$", "", base))
+
+
+def _read_dep(kernel: Kernel) -> dict[str, tuple[str, list[str]]]:
+    """name -> (relative path, [dependency relative paths]) from modules.dep."""
+    table: dict[str, tuple[str, list[str]]] = {}
+    with open(kernel.modules_dir / "modules.dep", encoding="utf-8") as f:
+        for line in f:
+            mod, _, deps = line.partition(":")
+            table[_module_name(mod)] = (mod.strip(), deps.split())
+    return table
+
+
+def _builtin(kernel: Kernel) -> set[str]:
+    path = kernel.modules_dir / "modules.builtin"
+    if not path.is_file():
+        return set()
+    return {_module_name(line.strip()) for line in path.read_text().splitlines() if line.strip()}
+
+
+def resolve_modules(kernel: Kernel, names: list[str]) -> list[str]:
+    """Relative module paths (under modules_dir) in a valid load order, dependencies first.
+
+    Built-in modules are skipped; an unknown name is an error naming the kernel, since a typo
+    would otherwise only show as a missing disk inside the guest.
+    """
+    table = _read_dep(kernel)
+    builtin = _builtin(kernel)
+    by_path = {rel: name for name, (rel, _) in table.items()}
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in seen:
+            return
+        seen.add(name)
+        rel, deps = table[name]
+        for dep in deps:
+            visit(by_path.get(dep, _module_name(dep)))
+        order.append(rel)
+
+    for raw in names:
+        name = _norm(raw)
+        if name in table:
+            visit(name)
+        elif name not in builtin:
+            raise GuestkitError(f"kernel {kernel.version} has no module {raw!r}")
+    return order
+
+
+def module_bytes(kernel: Kernel, rel: str) -> tuple[str, bytes]:
+    """(path inside the image, uncompressed .ko content): busybox insmod takes plain .ko only."""
+    src = kernel.modules_dir / rel
+    data = src.read_bytes()
+    dest = str(Path("lib/modules") / kernel.version / rel)
+    if rel.endswith(".xz"):
+        return dest[:-3], lzma.decompress(data)
+    if rel.endswith(".zst"):
+        out = subprocess.run(["zstd", "-dc", str(src)], capture_output=True, check=False)
+        if out.returncode != 0:
+            raise GuestkitError(f"cannot decompress {src}: install zstd")
+        return dest[:-4], out.stdout
+    if rel.endswith(".gz"):
+        return dest[:-3], gzip.decompress(data)
+    return dest, data

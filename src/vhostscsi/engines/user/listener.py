@@ -1,0 +1,104 @@
+"""Listening unix sockets for vhost targets, and who is on the other end of an accepted one.
+
+A socket left behind by a crashed daemon must not stop the next one from starting, but a socket that another
+live daemon is serving must not be stolen from it: the two are told apart by trying to connect.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ListenerError(Exception):
+    """A socket could not be set up; the message is one line for the administrator."""
+
+
+def prepare_socket_dir(directory: Path) -> None:
+    """Create the socket directory (0700 when we create it: the sockets give access to disks)."""
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise ListenerError(f"cannot create socket directory {directory}: {e.strerror}") from None
+    if not directory.is_dir():
+        raise ListenerError(f"socket directory {directory} exists and is not a directory")
+
+
+def _remove_stale(path: Path) -> None:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ListenerError(f"{path} exists and is not a socket; remove it or choose another --socket-dir")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)  # nobody listens: left over from a previous run
+        return
+    except OSError as e:
+        raise ListenerError(f"cannot check existing socket {path}: {e.strerror}") from None
+    finally:
+        probe.close()
+    raise ListenerError(f"{path} is being served by another process; stop it first or choose another --socket-dir")
+
+
+def bind_listener(path: Path, backlog: int = 4) -> socket.socket:
+    """A non-blocking listening socket at ``path``, mode 0600 from the moment it exists."""
+    _remove_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.ENAMETOOLONG or "too long" in str(e):
+            raise ListenerError(f"socket path {path} is too long for a unix socket; use a shorter --socket-dir") from None
+        raise ListenerError(f"cannot bind {path}: {e.strerror or e}") from None
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+def close_listener(sock: socket.socket, path: Path) -> None:
+    """Close and unlink, but only unlink if the path is still our socket (not a successor's)."""
+    try:
+        ours = os.fstat(sock.fileno()).st_ino
+        if path.exists() and path.lstat().st_ino == ours:
+            path.unlink()
+    except OSError:
+        pass
+    sock.close()
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The process on the other end of a vhost-user connection, for the logs."""
+
+    pid: int
+    uid: int
+    gid: int
+    comm: str
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} ({self.comm}), uid {self.uid}"
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        comm = "?"
+    return Peer(pid, uid, gid, comm)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from vhostscsi.hostdriver.frontend import FrontEnd, FrontEndError
 from vhostscsi.hostdriver.guestram import GuestRam
@@ -153,22 +153,14 @@ class ScsiInitiator:
         head = self.rings[queue].add(out, ins, indirect=indirect)
         return head, resp, din
 
-    def command(
-        self,
-        cdb: bytes,
-        *,
-        target: int = 1,
-        lun: int = 0,
-        data_out: bytes = b"",
-        data_in_len: int = 0,
-        queue: int = 2,
-        timeout: float = 10.0,
-    ) -> ScsiResponse:
-        """Run one command and return its parsed response (guest RAM for it is reclaimed afterwards)."""
+    def command(self, cdb: bytes, *, timeout: float = 10.0, **kw: Any) -> ScsiResponse:
+        """Run one command (keywords as for `submit`) and return its parsed response; the guest RAM it used
+        is reclaimed afterwards."""
         mark = self.ram.mark()
+        queue = kw.get("queue", 2)
+        data_in_len = kw.get("data_in_len", 0)
         try:
-            head, resp, din = self.submit(cdb, target=target, lun=lun, data_out=data_out,
-                                          data_in_len=data_in_len, queue=queue)
+            head, resp, din = self.submit(cdb, **kw)
             self.kick(queue)
             used = self.wait(queue, head, timeout)
             data = self.ram.read(din, data_in_len) if data_in_len else b""

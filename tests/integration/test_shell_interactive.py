@@ -18,6 +18,8 @@ import termios
 import time
 from pathlib import Path
 
+import pytest
+
 from test_shell_oneshot import ANSI, expected_tree, loop_device, run, tree  # noqa: F401 (fixture)
 
 PROMPT = rb"\n/[^\n]*> $"
@@ -72,7 +74,9 @@ class Terminal:
         return out, os.waitstatus_to_exitcode(status)
 
 
-def test_seed_session_typed_in_the_shell(tmp_path: Path, loop_device: str) -> None:  # noqa: F811
+@pytest.mark.parametrize("with_block", [False, True], ids=["fileio", "fileio+block-on-loop"])
+def test_seed_session_typed_in_the_shell(tmp_path: Path, request: pytest.FixtureRequest, with_block: bool) -> None:
+    loop = request.getfixturevalue("loop_device") if with_block else None
     cfg = tmp_path / "etc" / "saveconfig.json"
     disk0 = tmp_path / "disk0.img"
     term = Terminal(cfg)
@@ -81,17 +85,18 @@ def test_seed_session_typed_in_the_shell(tmp_path: Path, loop_device: str) -> No
     assert term.command(f"/backstores/fileio create name=disk0 file_or_dev={disk0} size=1G") == (
         "Created fileio disk0 with size 1073741824\n"
     )
-    # the wiki's own line, relative path and all
-    assert term.command(f"backstores/block create name=disk1 write_back=false dev={loop_device}") == (
-        f"Created block storage object disk1 using {loop_device}.\n"
-    )
+    if loop:  # the wiki's own line, relative path and all
+        assert term.command(f"backstores/block create name=disk1 write_back=false dev={loop}") == (
+            f"Created block storage object disk1 using {loop}.\n"
+        )
     out = term.command("vhost/ create")
     match = re.fullmatch(r"Created target (naa\.5001405[0-9a-f]{9})\.\nCreated TPG 1\.\n", out)
     assert match, out
     wwn = match.group(1)
-    assert term.command(f"vhost/{wwn}/tpg1/luns create /backstores/block/disk1") == "Created LUN 0.\n"
+    if loop:
+        assert term.command(f"vhost/{wwn}/tpg1/luns create /backstores/block/disk1") == "Created LUN 0.\n"
     assert term.command(f"cd /vhost/{wwn}/tpg1/luns") == ""
-    assert term.command("create /backstores/fileio/disk0") == "Created LUN 1.\n"
+    assert term.command("create /backstores/fileio/disk0") == f"Created LUN {1 if loop else 0}.\n"
     assert term.command("cd /") == ""
     listing = term.command("ls")
     # nothing saved until exit, as with targetcli
@@ -101,7 +106,7 @@ def test_seed_session_typed_in_the_shell(tmp_path: Path, loop_device: str) -> No
     assert status == 0
 
     nexus = json.loads(cfg.read_text())["targets"][0]["tpgs"][0]["nexus"]
-    assert tree(listing) == expected_tree(wwn, nexus, disk0, loop_device)
+    assert tree(listing) == expected_tree(wwn, nexus, disk0, loop)
     # the one-shot `ls` over the saved file draws the same tree
     assert tree(run(cfg, "ls").stdout) == tree(listing)
 

@@ -161,6 +161,10 @@ class Config:
     targets: list[Target] = field(default_factory=list)
     fabric_modules: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    # path -> object, rebuilt whenever the list's members change (compared by identity, in C);
+    # reconcilers look up every LUN's storage object, which would be quadratic with a scan.
+    _so_index: dict[str, StorageObject] = field(default_factory=dict, repr=False, compare=False)
+    _so_index_key: tuple[int, ...] = field(default=(-1,), repr=False, compare=False)
 
     def vhost_targets(self) -> list[Target]:
         """The targets our engines serve."""
@@ -168,6 +172,14 @@ class Config:
 
     def find_storage_object(self, path: str) -> StorageObject | None:
         """Look up a storage object by its /backstores/<plugin>/<name> path."""
+        key = tuple(map(id, self.storage_objects))
+        if key != self._so_index_key:
+            self._so_index = {so.path: so for so in self.storage_objects}
+            self._so_index_key = key
+        so = self._so_index.get(path)
+        if so is not None and so.path == path:
+            return so
+        # a miss (or an object renamed behind our back) is confirmed by a scan
         for so in self.storage_objects:
             if so.path == path:
                 return so

@@ -133,3 +133,17 @@ def test_deleting_a_used_storage_object_is_refused_naming_the_luns() -> None:
     cfg.remove_target(t2.wwn)
     assert cfg.remove_storage_object(so.path) is so
     assert cfg.storage_objects == []
+
+
+def test_lookup_index_follows_changes_made_behind_its_back() -> None:
+    cfg = Config()
+    r0, r1 = (cfg.add_storage_object(new_storage_object("ramdisk", n, size=4096)) for n in ("r0", "r1"))
+    assert cfg.find_storage_object("/backstores/ramdisk/r1") is r1
+    cfg.storage_objects.pop()  # a reconciler's own edit, same length after the append below
+    x = new_storage_object("ramdisk", "x", size=4096)
+    cfg.storage_objects.append(x)
+    assert cfg.find_storage_object("/backstores/ramdisk/r1") is None
+    assert cfg.find_storage_object("/backstores/ramdisk/x") is x
+    r0.name = "renamed"
+    assert cfg.find_storage_object("/backstores/ramdisk/r0") is None
+    assert cfg.find_storage_object("/backstores/ramdisk/renamed") is r0

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,11 +138,10 @@ def check_seed_session(tmp_path: Path, loop: str | None) -> None:
     if loop:
         info = run(cfg, f"/vhost/{wwn}/tpg1/luns/lun0", "info").stdout.split("\n")
         name = Path(loop).name
-        major, minor = divmod(os.stat(loop).st_rdev, 256)  # loop majors fit this on Linux
+        rdev = os.stat(loop).st_rdev
         assert re.fullmatch(r"Status: ACTIVATED  Max Queue Depth: 0  SectorSize: 512  HwMaxSectors: \d+", info[0])
         assert info[1] == f"        iBlock device: {name}  UDEV PATH: {loop}  readonly: 0"
-        assert info[2] == f"        Major: {os.major(os.stat(loop).st_rdev)} Minor: {os.minor(os.stat(loop).st_rdev)}  CLAIMED: IBLOCK"
-        del major, minor
+        assert info[2] == f"        Major: {os.major(rdev)} Minor: {os.minor(rdev)}  CLAIMED: IBLOCK"
 
     # save to a second file, restore it into an empty configuration: the same tree
     copy = tmp_path / "copy.json"
@@ -312,3 +312,22 @@ def test_global_config_option_and_env(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "vhostscsi", "--bogus", "ls"], env=env,
                           capture_output=True, text=True)
     assert (proc.returncode, proc.stderr) == (2, "vhostscsi: unknown option --bogus (try --help)\n")
+
+
+def test_concurrent_sessions_wait_for_each_other(tmp_path: Path) -> None:
+    import fcntl
+
+    cfg = tmp_path / "saveconfig.json"
+    run(cfg, "/backstores/ramdisk", "create", "r0", "1M")
+    with open(tmp_path / ".saveconfig.json.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another session is open
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vhostscsi", "--config", str(cfg), "/backstores/ramdisk", "create", "r1", "1M"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        time.sleep(1.5)
+        assert proc.poll() is None  # it waits instead of racing the other session
+    out, err = proc.communicate(timeout=30)
+    assert err == f"vhostscsi: waiting for another vhostscsi session using {cfg} to end\n"
+    assert out == "Created ramdisk r1 with size 1M.\n"
+    assert [so["name"] for so in json.loads(cfg.read_text())["storage_objects"]] == ["r0", "r1"]

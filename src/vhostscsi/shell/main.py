@@ -119,7 +119,7 @@ def main(argv: list[str]) -> int:
         return parsed
     config_path, args = parsed
     session = Session(config_path or default_config_path())
-    session.lock()
+    session.lock(lambda: _err(f"vhostscsi: waiting for another vhostscsi session using {session.path} to end"))
     try:
         session.load()
     except ConfigError as exc:

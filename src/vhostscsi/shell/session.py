@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from vhostscsi.config.model import Config, StorageObject
@@ -32,15 +33,24 @@ class Session:
 
     # -- persistence ---------------------------------------------------------------------------
 
-    def lock(self) -> None:
-        """Take the per-configuration lock (blocking) for the rest of this process's session."""
+    def lock(self, on_wait: Callable[[], None] | None = None) -> None:
+        """Take the per-configuration lock for the rest of this process's session.
+
+        ``on_wait`` is called once if another session holds it (so the admin knows why nothing
+        happens); then we block until it is released, as targetcli does with its lock file.
+        """
         lock_path = self.path.with_name(f".{self.path.name}.lock")
         try:
             lock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError:
             return  # read-only location: nothing we could save anyway; loading still works
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
         self._lock_fd = fd
 
     def load(self) -> None:

@@ -23,7 +23,7 @@ def human_to_bytes(text: str) -> int:
 def bytes_to_human(size: int) -> str:
     """1073741824 -> '1.0GiB', as in targetcli's `ls` summaries."""
     if size < 1024:
-        return "%d bytes" % size
+        return f"{size} bytes"
     value = size / 1024.0
     for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
         if value < 1024.0:

@@ -196,6 +196,25 @@ def test_targetcli_saveconfig_restores(tmp_path: Path) -> None:
     )
     assert run(cfg, "restoreconfig", str(DATA), "clear_existing=true").returncode == 0
 
+    # another fabric's target is shown and can be deleted (to free a backstore), not extended
+    iqn = "iqn.2003-01.org.linux-iscsi.host1.x8664:sn.4b2a9c8d7e6f"
+    assert tree(run(cfg, "ls", "/iscsi").stdout) == [
+        "o- iscsi [Targets: 1]",
+        f"  o- {iqn} [TPGs: 1]",
+        "    o- tpg1 [...]",
+        "      o- luns [LUNs: 1]",
+        "        o- lun0 [ramdisk/scratch (default_tg_pt_gp)]",
+    ]
+    proc = run(cfg, f"/iscsi/{iqn}/tpg1/luns", "create", "/backstores/fileio/disk0", ok=False)
+    assert proc.stderr == "/iscsi is kept for targetcli; vhostscsi creates objects under /vhost only\n"
+    proc = run(cfg, "/backstores/ramdisk", "delete", "scratch", ok=False)
+    assert proc.stderr == (
+        f"/backstores/ramdisk/scratch is in use by /iscsi/{iqn}/tpg1/luns/lun0: delete the LUN(s) first\n"
+    )
+    assert run(cfg, "/iscsi", "delete", iqn).stdout == f"Deleted Target {iqn}.\n"
+    assert run(cfg, "/backstores/ramdisk", "delete", "scratch").stdout == "Deleted storage object scratch.\n"
+    assert [t["fabric"] for t in json.loads(cfg.read_text())["targets"]] == ["vhost"]
+
 
 def test_clearconfig_needs_confirm(tmp_path: Path) -> None:
     cfg = tmp_path / "saveconfig.json"

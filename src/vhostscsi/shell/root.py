@@ -15,7 +15,7 @@ from vhostscsi.config.store import load_config
 from vhostscsi.shell.backstores import Backstores, complete_path
 from vhostscsi.shell.base import Node, parse_bool
 from vhostscsi.shell.session import Session
-from vhostscsi.shell.vhost import VhostFabric
+from vhostscsi.shell.vhost import ForeignFabric, VhostFabric
 
 
 def _conflicts(current: Config, incoming: Config) -> str | None:
@@ -45,6 +45,9 @@ class Root(Node):
         self.clear_children()
         Backstores(self)
         VhostFabric(self)
+        others = {t.fabric for t in self.session_obj.config.targets} - {"vhost", "backstores"}
+        for fabric in sorted(others):
+            ForeignFabric(self, fabric)
 
     def ui_command_saveconfig(self, savefile: str | None = None) -> None:
         """

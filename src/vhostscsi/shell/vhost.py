@@ -24,20 +24,65 @@ def _number(text: str, prefix: str, what: str) -> int:
     return value
 
 
-class VhostFabric(Node):
-    """/vhost: the fabric module."""
+def require_vhost(target: Target) -> None:
+    """Targets of other fabrics are carried for targetcli, not edited (except deletions)."""
+    if target.fabric != "vhost":
+        raise ExecutionError(
+            f"/{target.fabric} is kept for targetcli; vhostscsi creates objects under /vhost only"
+        )
 
-    def __init__(self, parent: Node) -> None:
-        super().__init__("vhost", parent)
+
+class FabricNode(Node):
+    """/<fabric>: the targets of one fabric module."""
+
+    fabric = "vhost"
+
+    def __init__(self, parent: Node, fabric: str | None = None) -> None:
+        if fabric is not None:
+            self.fabric = fabric
+        super().__init__(self.fabric, parent)
         self.refresh()
 
     def refresh(self) -> None:
         self.clear_children()
-        for target in self.session.config.vhost_targets():
-            TargetNode(target, self)
+        for target in self.session.config.targets:
+            if target.fabric == self.fabric:
+                TargetNode(target, self)
 
     def summary(self) -> tuple[str, bool | None]:
         return (f"Targets: {len(self._children)}", None)
+
+    def ui_command_delete(self, wwn: str) -> None:
+        """
+        Recursively deletes the target with the specified wwn, with its TPGs
+        and LUNs. Storage objects are kept.
+        """
+        target = self.session.config.find_target(wwn, self.fabric)
+        if target is None:
+            raise ExecutionError(f"No such target {wwn} in /{self.fabric}.")
+        self.session.config.remove_target(target.wwn, self.fabric)
+        self.session.touch()
+        self.refresh()
+        self.info(f"Deleted Target {target.wwn}.")
+
+    def ui_complete_delete(self, parameters: dict, text: str, current_param: str) -> list[str]:
+        if current_param != "wwn":
+            return []
+        wwns = [t.wwn for t in self.session.config.targets if t.fabric == self.fabric]
+        return one_completion(wwns, text)
+
+
+class ForeignFabric(FabricNode):
+    """A fabric from a targetcli file (iscsi, loopback, ...): kept and shown, not served.
+
+    Only deletions are offered, so that a backstore such a target still uses can be freed.
+    """
+
+
+class VhostFabric(FabricNode):
+    """/vhost: the fabric module we serve."""
+
+    fabric = "vhost"
 
     def ui_command_create(self, wwn: str | None = None) -> None:
         """
@@ -47,28 +92,9 @@ class VhostFabric(Node):
         """
         target = self.session.config.add_target(new_vhost_target(wwn))
         self.session.touch()
-        node = TargetNode(target, self)
+        TargetNode(target, self)
         self.info(f"Created target {target.wwn}.")
         self.info(f"Created TPG {target.tpgs[0].tag}.")
-        del node
-
-    def ui_command_delete(self, wwn: str) -> None:
-        """
-        Recursively deletes the target with the specified wwn, with its TPGs
-        and LUNs. Storage objects are kept.
-        """
-        target = self.session.config.find_target(wwn)
-        if target is None:
-            raise ExecutionError(f"No such target {wwn} in /vhost.")
-        self.session.config.remove_target(target.wwn)
-        self.session.touch()
-        self.refresh()
-        self.info(f"Deleted Target {target.wwn}.")
-
-    def ui_complete_delete(self, parameters: dict, text: str, current_param: str) -> list[str]:
-        if current_param != "wwn":
-            return []
-        return one_completion([t.wwn for t in self.session.config.vhost_targets()], text)
 
     def ui_command_info(self) -> None:
         """Displays information about the vhost fabric module."""
@@ -101,6 +127,7 @@ class TargetNode(Node):
         optionally prefixed with 'tpg'; without it the next free tag is used.
         Each TPG gets its own initiator nexus WWN.
         """
+        require_vhost(self.target)
         used = {tpg.tag for tpg in self.target.tpgs}
         value = _number(tag, "tpg", "Tag") if tag is not None else max(used, default=0) + 1
         if value < 1:
@@ -143,14 +170,14 @@ class TpgNode(Node):
     def __init__(self, tpg: Tpg, parent: TargetNode) -> None:
         super().__init__(f"tpg{tpg.tag}", parent)
         self.tpg = tpg
-        if tpg.nexus_wwn is None:
+        if tpg.nexus_wwn is None and parent.target.fabric == "vhost":
             tpg.nexus_wwn = derived_nexus(parent.target.wwn, tpg.tag)
         LunsNode(self)
 
     def summary(self) -> tuple[str, bool | None]:
         if not self.tpg.enable:
             return ("disabled", False)
-        return (str(self.tpg.nexus_wwn), None)
+        return (self.tpg.nexus_wwn or "", None)
 
     def ui_getgroup_attribute(self, name: str) -> Any:
         return self.tpg.attributes.get(name, 0)
@@ -183,6 +210,7 @@ class LunsNode(Node):
     def __init__(self, parent: TpgNode) -> None:
         super().__init__("luns", parent)
         self.tpg = parent.tpg
+        self.target = parent.parent.target
         self.refresh()
 
     def refresh(self) -> None:
@@ -202,6 +230,7 @@ class LunsNode(Node):
         lowest free LUN number is used; "lunN" is accepted too.
         "write_protect=true" makes the LUN read-only for the guest.
         """
+        require_vhost(self.target)
         path = storage_object.rstrip("/")
         if not path.startswith("/"):
             path = "/" + path

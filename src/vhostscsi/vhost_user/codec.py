@@ -4,8 +4,7 @@ Pure and incremental so that the daemon can feed whatever `recvmsg` returned (ha
 their fds) and tests can check every byte. No sockets here: fds are plain ints handed in by the caller.
 
 Framing: a 12-byte little-endian header (request u32, flags u32, size u32) followed by `size` payload bytes.
-fds travel as ancillary data on the `sendmsg` that carries the message's first byte, so fds fed together with a
-chunk belong to the message that is in progress when the chunk starts (or the first one starting in it).
+fds travel as ancillary data of the `sendmsg` carrying the message; see `Decoder.feed` for how they are matched.
 """
 
 from __future__ import annotations
@@ -89,27 +88,25 @@ def reply_to(msg: Message, payload: bytes = b"", fds: tuple[int, ...] = ()) -> M
 class Decoder:
     """Incremental decoder: `feed(chunk, fds)` returns the messages completed by that chunk, in order."""
 
-    __slots__ = ("_buf", "_pending_fds", "_current_fds", "_need")
+    __slots__ = ("_buf", "_held")
 
     def __init__(self) -> None:
         self._buf = bytearray()
-        self._pending_fds: list[int] = []
-        self._current_fds: list[int] = []
-        self._need = HEADER_SIZE
+        # (offset in _buf of the last byte of the chunk the fds came with, fds)
+        self._held: list[tuple[int, list[int]]] = []
 
     def feed(self, data: bytes | bytearray | memoryview, fds: Iterable[int] = ()) -> list[Message]:
-        """Consume bytes (and the fds that arrived with them); raise ProtocolError on an impossible stream.
+        """Consume bytes and the fds that arrived with them; raise ProtocolError on an impossible stream.
 
-        On ProtocolError every fd fed so far and not yet handed out in a Message is returned by `take_fds()`
-        so the caller can close them.
+        fds belong to the message holding the chunk's last byte: the kernel ends a stream read right after the
+        sendmsg that carried SCM_RIGHTS, and QEMU sends each message (with its fds) in one sendmsg, so several
+        fd-less messages may precede it in one chunk but none follows it. On ProtocolError, `take_fds()` hands
+        back every fd not yet attached to a returned message so the caller can close them.
         """
+        self._buf += data
         fds = list(fds)
         if fds:
-            if self._buf:  # a message is in progress: its ancillary data came with this chunk
-                self._current_fds.extend(fds)
-            else:
-                self._pending_fds.extend(fds)
-        self._buf += data
+            self._held.append((max(len(self._buf) - 1, 0), fds))
         out: list[Message] = []
         while len(self._buf) >= HEADER_SIZE:
             request, flags, size = _HEADER.unpack_from(self._buf, 0)
@@ -117,24 +114,21 @@ class Decoder:
                 raise ProtocolError(f"bad vhost-user version in flags {flags:#x} (request {request})")
             if size > MAX_PAYLOAD:
                 raise ProtocolError(f"payload size {size} of request {request} exceeds {MAX_PAYLOAD} bytes")
-            if self._pending_fds:
-                self._current_fds.extend(self._pending_fds)
-                self._pending_fds.clear()
-            if len(self._current_fds) > MAX_FDS:
-                raise ProtocolError(f"{len(self._current_fds)} fds attached to one message (max {MAX_FDS})")
             end = HEADER_SIZE + size
+            mine = [fd for pos, group in self._held if pos < end for fd in group]
+            if len(mine) > MAX_FDS:
+                raise ProtocolError(f"{len(mine)} fds attached to one message (max {MAX_FDS})")
             if len(self._buf) < end:
                 break
-            out.append(Message(request, flags, bytes(self._buf[HEADER_SIZE:end]), tuple(self._current_fds)))
-            self._current_fds.clear()
+            out.append(Message(request, flags, bytes(self._buf[HEADER_SIZE:end]), tuple(mine)))
+            self._held = [(pos - end, group) for pos, group in self._held if pos >= end]
             del self._buf[:end]
         return out
 
     def take_fds(self) -> list[int]:
         """Hand back fds not attached to a returned message (to close them when dropping the peer)."""
-        fds = self._current_fds + self._pending_fds
-        self._current_fds = []
-        self._pending_fds = []
+        fds = [fd for _pos, group in self._held for fd in group]
+        self._held = []
         return fds
 
     @property

@@ -171,3 +171,39 @@ def test_random_bytes_only_raise_protocol_error(raw: bytes) -> None:
         Decoder().feed(raw)
     except ProtocolError:
         pass
+
+
+def test_fds_go_to_the_message_that_ends_the_chunk() -> None:
+    """QEMU sends NUM, BASE, ADDR without waiting, then KICK with its eventfd: one read returns all four."""
+    chunk = b"".join(encode(Message(r, payload=codec.pack_vring_state(0, 1)))
+                     for r in (Request.SET_VRING_NUM, Request.SET_VRING_BASE))
+    chunk += encode(Message(Request.SET_VRING_KICK, payload=codec.pack_vring_file(0, True)))
+    msgs = Decoder().feed(chunk, [9])
+    assert [m.fds for m in msgs] == [(), (), (9,)]
+
+
+def test_fd_attribution_matches_the_kernel() -> None:
+    """Through a real socketpair: the kernel's read boundaries and SCM_RIGHTS decide, not our assumptions."""
+    import os
+    import socket
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    efd = os.eventfd(0)
+    try:
+        a.sendall(encode(Message(Request.SET_VRING_NUM, payload=codec.pack_vring_state(0, 8))))
+        a.sendall(encode(Message(Request.SET_VRING_BASE, payload=codec.pack_vring_state(0, 0))))
+        socket.send_fds(a, [encode(Message(Request.SET_VRING_KICK, payload=codec.pack_vring_file(0, True)))], [efd])
+        a.sendall(encode(Message(Request.SET_VRING_ENABLE, payload=codec.pack_vring_state(0, 1))))
+        dec = Decoder()
+        got: list[Message] = []
+        while len(got) < 4:
+            data, fds, _f, _a = socket.recv_fds(b, 65536, 8)
+            got += dec.feed(data, fds)
+        assert [(m.request, len(m.fds)) for m in got] == [
+            (Request.SET_VRING_NUM, 0), (Request.SET_VRING_BASE, 0), (Request.SET_VRING_KICK, 1),
+            (Request.SET_VRING_ENABLE, 0)]
+        os.close(got[2].fds[0])
+    finally:
+        os.close(efd)
+        a.close()
+        b.close()

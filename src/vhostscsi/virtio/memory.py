@@ -119,6 +119,14 @@ class GuestMemory:
                 return r
         return None
 
+    def last_region(self) -> tuple[int, int, memoryview]:
+        """(gpa, size, buf) of the region last translated into: the ring walker's fast path checks it first.
+        An empty memory answers a region nothing fits in."""
+        r = self._last
+        if r is None:
+            return (0, -1, memoryview(b""))
+        return (r.gpa, r.size, r.buf)
+
     def view(self, gpa: int, length: int) -> memoryview | None:
         """A single contiguous view of [gpa, gpa+length), or None if outside memory or split across regions."""
         if length < 0 or gpa < 0:

@@ -186,6 +186,7 @@ class SplitVirtqueue:
         table = self._desc
         table_size = self.size
         in_indirect = False
+        r_gpa, r_size, r_buf = memory.last_region()
         i = head
         count = 0
         while True:
@@ -221,16 +222,20 @@ class SplitVirtqueue:
                 count = 0
                 continue
             if flags & VRING_DESC_F_WRITE:
-                if not memory.append_views(in_, addr, length):
-                    chain.error = f"buffer at {addr:#x} (+{length:#x}) is outside guest memory"
-                    return chain
+                dst = in_
+            elif in_:
+                chain.error = "readable descriptor after a writable one"
+                return chain
             else:
-                if in_:
-                    chain.error = "readable descriptor after a writable one"
-                    return chain
-                if not memory.append_views(out, addr, length):
-                    chain.error = f"buffer at {addr:#x} (+{length:#x}) is outside guest memory"
-                    return chain
+                dst = out
+            off = addr - r_gpa
+            if 0 <= off and off + length <= r_size:  # fast path: inside the region the last buffer was in
+                dst.append(r_buf[off : off + length])
+            elif memory.append_views(dst, addr, length):
+                r_gpa, r_size, r_buf = memory.last_region()
+            else:
+                chain.error = f"buffer at {addr:#x} (+{length:#x}) is outside guest memory"
+                return chain
             if not flags & VRING_DESC_F_NEXT:
                 return chain
             i = nxt

@@ -269,6 +269,10 @@ def new_storage_object(
         raise ConfigError(f"a {plugin} storage object needs a device or file path")
     if plugin in ("fileio", "ramdisk") and size <= 0:
         raise ConfigError(f"invalid size {size}: a {plugin} storage object needs a size above 0")
+    if plugin == "fileio" and size < 512:
+        raise ConfigError(f"invalid size {size}: a fileio disk needs at least one 512-byte block")
+    if plugin == "ramdisk" and size < 4096:
+        raise ConfigError(f"invalid size {size}: a ramdisk needs at least one 4 KiB page")
     if plugin == "ramdisk":
         dev, write_back, readonly = None, False, False
     if plugin == "fileio":

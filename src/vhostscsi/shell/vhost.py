@@ -8,6 +8,7 @@ from configshell import ExecutionError
 
 from vhostscsi.config.model import Lun, Target, Tpg, new_vhost_target
 from vhostscsi.config.schema import derived_nexus
+from vhostscsi.config.wwn import WwnError, normalize_naa
 from vhostscsi.shell.backstores import one_completion, show_storage_object_info
 from vhostscsi.shell.base import Node, parse_bool
 
@@ -119,6 +120,11 @@ class TargetNode(Node):
             TpgNode(tpg, self)
 
     def summary(self) -> tuple[str, bool | None]:
+        if self.target.fabric == "vhost":
+            try:
+                normalize_naa(self.target.wwn)
+            except WwnError:
+                return ("INVALID WWN", False)  # a hand-edited file; targetcli flags it the same way
         return (f"TPGs: {len(self._children)}", None)
 
     def ui_command_create(self, tag: str | None = None) -> None:

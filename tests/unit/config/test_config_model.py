@@ -57,6 +57,8 @@ def test_ramdisk_and_block_limits() -> None:
         ("fileio", {"dev": "/x", "size": 0}, "needs a size above 0"),
         ("fileio", {"size": 10}, "needs a device or file path"),
         ("ramdisk", {"size": -1}, "needs a size above 0"),
+        ("ramdisk", {"size": 4095}, "a ramdisk needs at least one 4 KiB page"),
+        ("fileio", {"dev": "/x", "size": 511}, "a fileio disk needs at least one 512-byte block"),
         ("pscsi", {"dev": "/dev/sg0"}, "unknown backstore type 'pscsi'"),
     ],
 )
@@ -92,7 +94,7 @@ def test_duplicates_refused() -> None:
     with pytest.raises(ConfigError, match="named 'disk0' already exists"):
         cfg.add_storage_object(fileio())
     with pytest.raises(ConfigError, match="storage object for /var/lib/disk0.img already exists"):
-        cfg.add_storage_object(new_storage_object("fileio", "other", dev="/var/lib/disk0.img", size=1))
+        cfg.add_storage_object(new_storage_object("fileio", "other", dev="/var/lib/disk0.img", size=4096))
     t = cfg.add_target(new_vhost_target("naa.500140568720f76f"))
     with pytest.raises(ConfigError, match="already exists"):
         cfg.add_target(new_vhost_target("naa.500140568720F76F"))

@@ -26,7 +26,6 @@ GLOBAL_PARAMS: tuple[tuple[str, str, str], ...] = (
     ("loglevel_console", "loglevel", "Log level for messages going to the console."),
     ("prompt_length", "number", "Max length of the shell prompt path, 0 for infinite."),
     ("auto_save_on_exit", "bool", "If true, saves configuration on exit."),
-    ("auto_cd_after_create", "bool", "If true, changes current path to newly created objects."),
 )
 
 

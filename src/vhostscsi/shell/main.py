@@ -35,12 +35,7 @@ RECOVERY_COMMANDS = ("restoreconfig", "clearconfig")
 class VhostShell(ConfigShell):
     """configshell with targetcli's preferences."""
 
-    default_prefs = dict(
-        ConfigShell.default_prefs,
-        auto_save_on_exit=True,
-        auto_cd_after_create=False,
-        completions_in_columns=True,
-    )
+    default_prefs = dict(ConfigShell.default_prefs, auto_save_on_exit=True)
 
 
 def _err(message: str) -> None:

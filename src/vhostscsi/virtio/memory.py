@@ -64,8 +64,8 @@ class GuestMemory:
     def map_fds(cls, table: Sequence[tuple[int, int, int, int]], fds: Sequence[int]) -> "GuestMemory":
         """mmap each region's fd (gpa, size, uva, mmap_offset) shared read/write; the fds may be closed after.
 
-        The whole file prefix up to mmap_offset+size is mapped because mmap offsets must be page aligned and the
-        front end's need not be.
+        The mapping starts at mmap_offset rounded down to the page, because mmap offsets must be page aligned
+        and the front end's need not be.
         """
         if len(table) != len(fds):
             raise GuestMemoryError(f"{len(table)} regions but {len(fds)} fds")
@@ -82,11 +82,13 @@ class GuestMemory:
                             f"region at gpa {gpa:#x} ends at file offset {offset + size:#x} beyond the "
                             f"{st.st_size:#x}-byte file"
                         )
-                    m = mmap.mmap(fd, offset + size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-                except OSError as e:
-                    raise GuestMemoryError(f"cannot map region at gpa {gpa:#x}: {e.strerror}") from e
+                    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+                    m = mmap.mmap(fd, offset - start + size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
+                                  offset=start)
+                except (OSError, OverflowError, ValueError) as e:
+                    raise GuestMemoryError(f"cannot map region at gpa {gpa:#x}: {e}") from e
                 maps.append(m)
-                regions.append(MemoryRegion(gpa, size, uva, memoryview(m)[offset : offset + size]))
+                regions.append(MemoryRegion(gpa, size, uva, memoryview(m)[offset - start : offset - start + size]))
             return cls(regions, maps)
         except Exception:
             for r in regions:

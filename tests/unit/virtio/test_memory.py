@@ -94,3 +94,11 @@ def test_views_never_leave_the_regions(gpa: int, length: int) -> None:
     v = mem.view(gpa, length)
     if v is not None:
         assert len(v) == length and (0x10000 <= gpa and gpa + length <= 0x12000)
+
+
+def test_unaligned_mmap_offset(ram: GuestRam) -> None:
+    ram.mem[5000:5004] = b"abcd"
+    mem = GuestMemory.map_fds([(0x40000, PAGE, 0x7F0000000000, 5000)], [ram.fd])
+    assert bytes(mem.view(0x40000, 4)) == b"abcd"
+    assert mem.view(0x40000 + PAGE - 1, 2) is None
+    mem.close()

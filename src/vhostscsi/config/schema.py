@@ -136,7 +136,7 @@ def tpg_from_dict(data: Any, where: str, target_wwn: str) -> Tpg:
         tag=tag,
         nexus_wwn=nexus or None,
         enable=_as_bool(data.get("enable", True), f"{where}.enable"),
-        luns=sorted(luns, key=lambda lun: lun.index),
+        luns=luns,  # file order kept: rtslib writes them in configfs directory order
         attributes=dict(_want(data.get("attributes", {}), dict, f"{where}.attributes")),
         parameters=dict(_want(data.get("parameters", {}), dict, f"{where}.parameters")),
         extra=_rest(data, _TPG_KEYS),

@@ -51,6 +51,16 @@ def test_round_trip_changes_nothing_but_adds_the_nexus() -> None:
     assert dumps(config_from_dict(json.loads(dumps(cfg)))) == dumps(cfg)
 
 
+def test_lun_order_of_the_file_is_kept() -> None:
+    doc = targetcli_doc()
+    luns = doc["targets"][1]["tpgs"][0]["luns"]
+    luns.reverse()  # rtslib lists LUNs in configfs directory order, not by number
+    text = json.dumps(doc, sort_keys=True, indent=2) + "\n"
+    cfg = config_from_dict(json.loads(text))
+    assert [lun.index for lun in cfg.targets[1].tpgs[0].luns] == [1, 0]
+    assert dumps(cfg).replace(f'          "nexus": "{cfg.targets[1].tpgs[0].nexus_wwn}",\n', "") == text
+
+
 def test_loading_is_deterministic() -> None:
     doc = targetcli_doc()
     for so in doc["storage_objects"]:

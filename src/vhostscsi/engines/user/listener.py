@@ -50,7 +50,27 @@ def _remove_stale(path: Path) -> None:
     raise ListenerError(f"{path} is being served by another process; stop it first or choose another --socket-dir")
 
 
-def bind_listener(path: Path, backlog: int = 4) -> socket.socket:
+@dataclass
+class Listener:
+    """A bound socket and the inode of its file, so that closing it never unlinks a successor's socket."""
+
+    sock: socket.socket
+    path: Path
+    inode: int
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        try:
+            if self.path.lstat().st_ino == self.inode:
+                self.path.unlink()
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def bind_listener(path: Path, backlog: int = 4) -> Listener:
     """A non-blocking listening socket at ``path``, mode 0600 from the moment it exists."""
     _remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -67,18 +87,7 @@ def bind_listener(path: Path, backlog: int = 4) -> socket.socket:
     os.chmod(path, 0o600)
     sock.listen(backlog)
     sock.setblocking(False)
-    return sock
-
-
-def close_listener(sock: socket.socket, path: Path) -> None:
-    """Close and unlink, but only unlink if the path is still our socket (not a successor's)."""
-    try:
-        ours = os.fstat(sock.fileno()).st_ino
-        if path.exists() and path.lstat().st_ino == ours:
-            path.unlink()
-    except OSError:
-        pass
-    sock.close()
+    return Listener(sock, path, path.lstat().st_ino)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,55 @@
+"""`vhostscsi serve [--config PATH] [--socket-dir DIR] [-v]`: run the user engine in the foreground.
+
+Foreground on purpose: systemd (contrib/systemd/vhostscsi.service) or the admin's terminal supervises it, and
+logs go to stderr, where the journal picks them up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from vhostscsi.config.store import ConfigError, default_config_path
+from vhostscsi.engines.user.listener import ListenerError
+from vhostscsi.engines.user.paths import default_socket_dir
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="vhostscsi serve",
+        description="Serve every vhost target of the saved configuration to QEMU guests (vhost-user-scsi-pci).",
+    )
+    p.add_argument("--config", type=Path, default=None,
+                   help=f"saved configuration (default: {default_config_path()})")
+    p.add_argument("--socket-dir", type=Path, default=None,
+                   help=f"where <wwn>.sock sockets are created (default: {default_socket_dir()})")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every vhost-user message")
+    return p.parse_args(argv)
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="vhostscsi serve: %(levelname)s: %(message)s",
+    )
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv[1:] if argv and argv[0] == "serve" else argv)
+    setup_logging(args.verbose)
+    from vhostscsi.engines.user.daemon import Daemon
+
+    config = args.config or default_config_path()
+    socket_dir = args.socket_dir or default_socket_dir()
+    daemon = Daemon(config, socket_dir)
+    try:
+        daemon.start()
+    except (ConfigError, ListenerError) as e:
+        print(f"vhostscsi serve: {e}", file=sys.stderr)
+        daemon.shutdown()
+        return 1
+    logging.getLogger("vhostscsi.serve").info("serving %s (sockets in %s)", config, socket_dir)
+    return daemon.run()

@@ -1,0 +1,216 @@
+"""One QEMU connected to one vhost target's socket: vhost-user messages in, ring service out.
+
+The protocol itself is the sans-I/O `Session`; this module is its I/O shell: it reads the socket (with the fds
+that ride on it), sends the replies, owns the eventfds the session hands over, registers kick fds with the
+loop, and serves a ring on every kick. When the peer goes (QEMU exits or is killed) everything is released:
+fds closed, guest memory unmapped, and the target is free for the next connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Callable, Mapping
+
+from vhostscsi.engines.user.listener import Peer
+from vhostscsi.engines.user.loop import PRIO_CONTROL, PRIO_DATA, EventLoop, drain_eventfd
+from vhostscsi.engines.user.rings import RingIO
+from vhostscsi.vhost_user import codec
+from vhostscsi.vhost_user.codec import Decoder, Message, ProtocolError
+from vhostscsi.vhost_user.protocol import MAX_FDS
+from vhostscsi.vhost_user.session import (
+    Action,
+    CallFd,
+    ErrFd,
+    KickFd,
+    MemoryChanged,
+    RingEnabled,
+    RingStarted,
+    RingStopped,
+    Session,
+)
+from vhostscsi.virtio.scsi import EVENT_QUEUE, FIRST_REQUEST_QUEUE, VirtioScsi
+
+log = logging.getLogger("vhostscsi.serve")
+
+# Control + event queue + up to 16 request queues. QEMU asks (GET_QUEUE_NUM) and refuses to start a device with
+# more queues than this, with a clear error, so the limit is visible to the admin rather than silent.
+MAX_REQUEST_QUEUES = 16
+RECV_SIZE = 65536
+SEND_TIMEOUT = 5.0
+
+
+class Connection:
+    """Serves one accepted socket until the peer hangs up or the daemon stops."""
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        sock: socket.socket,
+        peer: Peer,
+        label: str,
+        ports: Mapping[int, object],
+        nexus: Mapping[int, str],
+        on_closed: Callable[["Connection"], None],
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.peer = peer
+        self.label = label
+        self._on_closed = on_closed
+        self.session = Session(num_queues=FIRST_REQUEST_QUEUE + MAX_REQUEST_QUEUES)
+        self.device = VirtioScsi(ports, nexus)
+        self.rings = [RingIO(i, label) for i in range(self.session.num_queues)]
+        self.decoder = Decoder()
+        self.closed = False
+        self._driver_running = False
+        sock.setblocking(True)
+        sock.settimeout(SEND_TIMEOUT)  # only sends can block: receives use MSG_DONTWAIT
+        loop.add_reader(sock.fileno(), self._on_readable, PRIO_CONTROL)
+
+    # ---- control socket ---------------------------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, RECV_SIZE, MAX_FDS, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self.close(f"socket error: {e.strerror or e}")
+            return
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            self.close("disconnected" if not self.decoder.buffered else "disconnected in the middle of a message")
+            return
+        try:
+            messages = self.decoder.feed(data, fds)
+        except ProtocolError as e:
+            for fd in self.decoder.take_fds():
+                os.close(fd)
+            self.close(f"protocol error: {e}")
+            return
+        for msg in messages:
+            if self.closed:
+                for fd in msg.fds:
+                    os.close(fd)
+                continue
+            self._handle(msg)
+
+    def _handle(self, msg: Message) -> None:
+        log.debug("%s: <- %s %s", self.label, msg.name(), msg.payload.hex())
+        try:
+            response = self.session.handle(msg)
+        except ProtocolError as e:
+            self.close(f"protocol error: {e}")
+            return
+        self._apply(response.actions)
+        for reply in response.replies:
+            try:
+                if reply.fds:
+                    socket.send_fds(self.sock, [codec.encode(reply)], list(reply.fds))
+                else:
+                    self.sock.sendall(codec.encode(reply))
+            except OSError as e:
+                self.close(f"cannot send {reply.name()} reply: {e.strerror or e}")
+                return
+            finally:
+                for fd in reply.fds:
+                    os.close(fd)
+
+    # ---- actions from the session -----------------------------------------------------------------------------
+    def _apply(self, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, KickFd):
+                self._set_kick(a.index, a.fd)
+            elif isinstance(a, CallFd):
+                self.rings[a.index].set_call(a.fd)
+            elif isinstance(a, ErrFd):
+                self.rings[a.index].set_err(a.fd)
+            elif isinstance(a, RingStarted):
+                self._ring_started(a)
+            elif isinstance(a, RingStopped):
+                self.device.set_queue(a.index, None)
+                self.rings[a.index].started = False
+            elif isinstance(a, RingEnabled):
+                ring = self.rings[a.index]
+                ring.enabled = a.enabled
+                if a.enabled and ring.started:
+                    ring.serve(self.device)
+            elif isinstance(a, MemoryChanged):
+                log.debug("%s: memory table: %s", self.label, a.memory)
+        self._log_driver_state()
+
+    def _set_kick(self, index: int, fd: int | None) -> None:
+        old = self.rings[index].set_kick(fd)
+        if old is not None:
+            self.loop.remove_reader(old)
+            os.close(old)
+        if fd is not None:
+            os.set_blocking(fd, False)
+            ring = self.rings[index]
+            self.loop.add_reader(fd, lambda: self._on_kick(ring), PRIO_DATA)
+
+    def _ring_started(self, a: RingStarted) -> None:
+        ring = self.rings[a.index]
+        self.device.set_queue(a.index, a.vq)
+        ring.started = True
+        ring.restarted()
+        if a.resubmit:
+            log.info("%s: resubmitting %d in-flight request(s) on ring %d", self.label, len(a.resubmit), a.index)
+            ring.completed(self.device, self.device.resubmit(a.index, a.resubmit))
+        # Requests may already wait in the ring (a restart after reboot, or a kick QEMU sent before the fd).
+        ring.serve(self.device)
+
+    def _log_driver_state(self) -> None:
+        running = any(r.started for r in self.rings[FIRST_REQUEST_QUEUE:])
+        if running != self._driver_running:
+            self._driver_running = running
+            if running:
+                queues = sum(1 for r in self.rings[FIRST_REQUEST_QUEUE:] if r.started)
+                log.info("%s: guest driver started (%d request queue%s)", self.label, queues, "s"[: queues > 1])
+            else:
+                log.info("%s: guest driver stopped (device reset, reboot or shutdown)", self.label)
+
+    # ---- data path --------------------------------------------------------------------------------------------
+    def _on_kick(self, ring: RingIO) -> None:
+        if ring.kick is None:
+            return
+        drain_eventfd(ring.kick)
+        if ring.started:
+            ring.serve(self.device)
+
+    def drain(self) -> int:
+        """Serve whatever the guest has queued on every running ring (shutdown: nothing left behind)."""
+        return sum(ring.serve(self.device) for ring in self.rings if ring.started)
+
+    # ---- events to the guest ----------------------------------------------------------------------------------
+    def lun_added(self, tag: int, lun: int) -> None:
+        self._event(self.device.lun_added(tag, lun))
+
+    def lun_removed(self, tag: int, lun: int) -> None:
+        self._event(self.device.lun_removed(tag, lun))
+
+    def capacity_changed(self, tag: int, lun: int) -> None:
+        self._event(self.device.capacity_changed(tag, lun))
+
+    def _event(self, delivered: int) -> None:
+        self.rings[EVENT_QUEUE].completed(self.device, delivered)
+
+    # ---- teardown ---------------------------------------------------------------------------------------------
+    def close(self, reason: str) -> None:
+        """Release everything the peer gave us; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove_reader(self.sock.fileno())
+        self._apply(self.session.close())  # stops rings, unmaps guest memory
+        for ring in self.rings:
+            if ring.kick is not None:
+                self.loop.remove_reader(ring.kick)
+            ring.close()
+        for fd in self.decoder.take_fds():
+            os.close(fd)
+        self.sock.close()
+        log.info("%s: %s %s", self.label, self.peer, reason)
+        self._on_closed(self)

@@ -1,0 +1,198 @@
+"""A target port (one vhost TPG): its LUN map, unit attentions, and command dispatch.
+
+`execute` is the one entry point for every CDB. It looks the LUN up, applies LIO's
+write-protect rule, and jumps through a 256-entry table straight to the handler; handlers
+parse and validate, then call `gate` (unit attention, reservations) right before executing,
+which is the order target_core_transport.c uses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from vhostscsi.scsi import opcodes as op
+from vhostscsi.scsi import pr as pr_mod
+from vhostscsi.scsi import sbc, spc
+from vhostscsi.scsi import ua as ua_mod
+from vhostscsi.scsi.buffers import total
+from vhostscsi.scsi.common import reply
+from vhostscsi.scsi.device import Device
+from vhostscsi.scsi.result import ScsiResult, Status
+from vhostscsi.scsi.sense import Reason, to_descriptor, unit_attention
+
+__all__ = ["TargetPort", "LunEntry"]
+
+log = logging.getLogger(__name__)
+
+Bufs = Sequence[memoryview]
+Handler = Callable[["TargetPort", "LunEntry", str, "bytes | memoryview", Bufs, Bufs], ScsiResult]
+
+_TABLE: list[Handler] = [spc.UNSUPPORTED] * 256
+for _table in (sbc.HANDLERS, spc.HANDLERS, pr_mod.HANDLERS):
+    for _code, _fn in _table.items():
+        _TABLE[_code] = _fn
+
+# vhost-scsi's target port protocol follows the WWN's prefix (tport_proto_id).
+_PROTO = {"naa.": 0x6, "fc.": 0x0, "iqn.": 0x5}
+
+
+class LunEntry:
+    """One LUN of a port: the device, its write protection and its pending unit attentions."""
+
+    __slots__ = ("lun_id", "dev", "write_protect", "read_only", "ua")
+
+    def __init__(self, lun_id: int, dev: Device, write_protect: bool) -> None:
+        self.lun_id = lun_id
+        self.dev = dev
+        self.write_protect = write_protect
+        self.read_only = write_protect or dev.readonly
+        self.ua: dict[str, list[tuple[int, int]]] = {}
+
+
+class TargetPort:
+    """The SCSI target port behind one vhost TPG: `execute` answers every CDB as LIO would."""
+
+    def __init__(self, wwn: str, tpg_tag: int, relative_port_id: int = 1) -> None:
+        self.wwn = wwn
+        self.tpg_tag = tpg_tag
+        self.rtpi = relative_port_id
+        self.tg_pt_gp_id = 0  # LIO's default_tg_pt_gp
+        self.proto_id = next((v for k, v in _PROTO.items() if wwn.lower().startswith(k)), 0x6)
+        self._luns: dict[int, LunEntry] = {}
+        self._nexuses: set[str] = set()
+
+    # --- configuration -------------------------------------------------------------------
+    def add_lun(self, lun_id: int, dev: Device, write_protect: bool = False) -> None:
+        """Export ``dev`` as ``lun_id``; initiators already seen get REPORTED LUNS DATA HAS
+        CHANGED on their other LUNs, as LIO does when a LUN is mapped into a live session."""
+        if lun_id in self._luns:
+            self.remove_lun(lun_id)
+        self._luns[lun_id] = LunEntry(lun_id, dev, write_protect)
+        dev.add_export(self.rtpi)
+        self._luns_changed(skip=lun_id)
+
+    def remove_lun(self, lun_id: int) -> None:
+        """Stop exporting a LUN (a no-op for an unknown one)."""
+        entry = self._luns.pop(lun_id, None)
+        if entry is None:
+            return
+        entry.dev.remove_export(self.rtpi)
+        pr = entry.dev.pr
+        if pr.spc2 is not None and pr.spc2[0] is self and not any(
+                e.dev is entry.dev for e in self._luns.values()):
+            pr.spc2 = None
+            pr._update()
+        self._luns_changed(skip=None)
+
+    def _luns_changed(self, skip: int | None) -> None:
+        for lun_id, entry in self._luns.items():
+            if lun_id == skip:
+                continue
+            for nexus in self._nexuses:
+                ua_mod.allocate(entry, nexus, *ua_mod.REPORTED_LUNS_DATA_HAS_CHANGED)
+
+    def luns(self) -> list[int]:
+        """The LUN ids this port exports, ascending."""
+        return sorted(self._luns)
+
+    def device(self, lun_id: int) -> Device | None:
+        """The device behind a LUN, if any."""
+        entry = self._luns.get(lun_id)
+        return entry.dev if entry is not None else None
+
+    # --- task management and events ------------------------------------------------------
+    def abort_task_set(self, nexus: str, lun_id: int) -> None:
+        """Commands run to completion inside `execute`, so nothing is ever left to abort."""
+
+    def lun_reset(self, nexus: str, lun_id: int) -> None:
+        """LOGICAL UNIT RESET: drop an SPC-2 reservation, BUS DEVICE RESET FUNCTION OCCURRED
+        for the initiator that asked (target_tmr_work + core_tmr_lun_reset)."""
+        entry = self._luns.get(lun_id)
+        if entry is None:
+            return
+        pr = entry.dev.pr
+        if pr.spc2 is not None:
+            pr.spc2 = None
+            pr._update()
+        self._nexuses.add(nexus)
+        ua_mod.allocate(entry, nexus, *ua_mod.BUS_DEVICE_RESET)
+
+    def it_nexus_reset(self, nexus: str) -> None:
+        """I_T NEXUS RESET / loss: release the nexus's SPC-2 reservations, I_T NEXUS LOSS
+        OCCURRED on every LUN for it."""
+        for entry in self._luns.values():
+            pr = entry.dev.pr
+            if pr.spc2 is not None and pr.spc2[0] is self and pr.spc2[1] == nexus:
+                pr.spc2 = None
+                pr._update()
+            ua_mod.allocate(entry, nexus, *ua_mod.I_T_NEXUS_LOSS)
+
+    def notify_capacity_changed(self, lun_id: int) -> None:
+        """Re-read the LUN's size; every initiator gets CAPACITY DATA HAS CHANGED."""
+        entry = self._luns.get(lun_id)
+        if entry is None:
+            return
+        entry.dev.refresh_capacity()
+        for nexus in self._nexuses:
+            ua_mod.allocate(entry, nexus, *ua_mod.CAPACITY_DATA_HAS_CHANGED)
+
+    # --- the command path ----------------------------------------------------------------
+    def execute(self, nexus: str, lun_id: int, cdb: bytes | memoryview,
+                data_out: Bufs, data_in: Bufs) -> ScsiResult:
+        """Run one command; never raises for anything an initiator can send."""
+        try:
+            if len(cdb) < 16:
+                if not len(cdb):
+                    return Reason.INVALID_CDB_FIELD
+                cdb = bytes(cdb).ljust(32, b"\x00")
+            lun = self._luns.get(lun_id)
+            if lun is None:
+                return self._no_lun(nexus, lun_id, cdb, data_out, data_in)
+            if nexus not in self._nexuses:
+                self._nexuses.add(nexus)
+            if data_out and lun.read_only and total(data_out):
+                return Reason.WRITE_PROTECTED
+            r = _TABLE[cdb[0]](self, lun, nexus, cdb, data_out, data_in)
+            if r.status == Status.CHECK_CONDITION and lun.dev.desc_sense:
+                return to_descriptor(r)
+            return r
+        except Exception:  # a bug must cost one command, not the daemon
+            log.exception("SCSI core failed on CDB %s", bytes(cdb[:16]).hex())
+            return Reason.LOGICAL_UNIT_COMMUNICATION_FAILURE
+
+    def gate(self, lun: LunEntry, nexus: str, cdb: bytes | memoryview, dout: Bufs,
+             din: Bufs) -> ScsiResult | None:
+        """What LIO checks right before execution: a pending unit attention, then
+        reservations. None lets the command run."""
+        if lun.ua and not ua_mod.exempt(cdb[0]):
+            pending = ua_mod.take(lun, nexus, lun.dev.attrs.get("emulate_ua_intlck_ctrl", 0))
+            if pending is not None:
+                return unit_attention(*pending)
+        pr = lun.dev.pr
+        if pr.active:
+            return pr_mod.check_reservation(pr, self, nexus, cdb, dout, din)
+        return None
+
+    def _no_lun(self, nexus: str, lun_id: int, cdb: bytes | memoryview, dout: Bufs,
+                din: Bufs) -> ScsiResult:
+        """No LUN here. LUN 0 is LIO's virtual LUN 0: REPORT LUNS and INQUIRY (peripheral
+        qualifier 3, nothing connected) work, writes are refused; any other LUN is
+        LOGICAL UNIT NOT SUPPORTED."""
+        if lun_id != 0:
+            return Reason.NON_EXISTENT_LUN
+        if dout and total(dout):
+            return Reason.WRITE_PROTECTED
+        code = cdb[0]
+        if code == op.REPORT_LUNS:
+            alloc = int.from_bytes(bytes(cdb[6:10]), "big")
+            return reply(din, spc.report_luns_data(self.luns()), alloc)
+        if code == op.INQUIRY and not (cdb[1] & 1) and not cdb[2]:
+            buf = bytearray(36)
+            buf[0] = 0x7F
+            buf[2] = 0x06
+            buf[3] = 0x02
+            buf[4] = 31
+            buf[8:36] = b"LIO-ORG " + b" " * 16 + b"4.0 "
+            return reply(din, buf, (cdb[3] << 8) | cdb[4])
+        return Reason.NON_EXISTENT_LUN

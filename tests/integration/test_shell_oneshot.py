@@ -284,6 +284,8 @@ REFUSALS = [
     (["/vhost", "create", "{wwn}"], r"target {wwn} already exists"),
     (["/backstores/ramdisk", "create", "name=r"], r"Missing required parameter size"),
     (["/", "frobnicate"], r"Command not found frobnicate"),
+    (["/vhost", "create", '"naa.5001405aaaaaaaaa'],
+     r"cannot understand '\"naa\.5001405aaaaaaaaa' \(column 15\): use PATH COMMAND \[VALUE\.\.\.\] \[NAME=VALUE\.\.\.\]"),
 ]
 
 

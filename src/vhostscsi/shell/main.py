@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from configshell import ConfigShell, ExecutionError
+from pyparsing import ParseException
 
 from vhostscsi import __version__
 from vhostscsi.config.errors import ConfigError
@@ -33,9 +34,23 @@ RECOVERY_COMMANDS = ("restoreconfig", "clearconfig")
 
 
 class VhostShell(ConfigShell):
-    """configshell with targetcli's preferences."""
+    """configshell with targetcli's preferences, and a grammar that rejects trailing junk.
+
+    configshell parses a line greedily and silently drops what it cannot parse, so an unbalanced
+    quote or a stray '=' would run a shortened command; here the whole line must parse.
+    """
 
     default_prefs = dict(ConfigShell.default_prefs, auto_save_on_exit=True)
+
+    def _parse_cmdline(self, line: str):  # type: ignore[override]
+        try:
+            self._parser.parseString(line, parseAll=True)
+        except ParseException as exc:
+            raise ExecutionError(
+                f"cannot understand {line[exc.loc:]!r} (column {exc.loc + 1}): "
+                "use PATH COMMAND [VALUE...] [NAME=VALUE...]"
+            ) from None
+        return super()._parse_cmdline(line)
 
 
 def _err(message: str) -> None:

@@ -247,11 +247,20 @@ def test_write_protected_lun_and_attributes(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------- refusals
 
 
+@pytest.fixture(scope="module")
+def populated_once(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    base = tmp_path_factory.mktemp("populated")
+    cfg = base / "etc" / "saveconfig.json"
+    return cfg, setup_session(cfg, base / "disk0.img", None)
+
+
 @pytest.fixture
-def populated(tmp_path: Path) -> tuple[Path, str]:
-    cfg = tmp_path / "etc" / "saveconfig.json"
-    wwn = setup_session(cfg, tmp_path / "disk0.img", None)
-    return cfg, wwn
+def populated(populated_once: tuple[Path, str], tmp_path: Path) -> tuple[Path, str]:
+    """A copy of the seed session's saved configuration (with its backups) for one test."""
+    cfg, wwn = populated_once
+    shutil.copytree(cfg.parent, tmp_path / "etc")
+    (tmp_path / "plain.img").write_bytes(b"")
+    return tmp_path / "etc" / "saveconfig.json", wwn
 
 
 REFUSALS = [
@@ -266,8 +275,8 @@ REFUSALS = [
      r"Attempting to create file for new fileio backstore, need a size"),
     (["/backstores/block", "create", "name=b", "dev=/dev/vhostscsi-no-such-disk"],
      r"block device /dev/vhostscsi-no-such-disk does not exist"),
-    (["/backstores/block", "create", "name=b", "dev={tmp}/disk0.img"],
-     r".*/disk0\.img is not a block device: use a fileio backstore for files"),
+    (["/backstores/block", "create", "name=b", "dev={tmp}/plain.img"],
+     r".*/plain\.img is not a block device: use a fileio backstore for files"),
     (["/backstores/fileio", "delete", "disk0"],
      r"/backstores/fileio/disk0 is in use by /vhost/{wwn}/tpg1/luns/lun0: delete the LUN\(s\) first"),
     (["/vhost/naa.5001405000000000", "ls"], r"No such path /vhost/naa\.5001405000000000"),

@@ -138,3 +138,16 @@ def test_errors_do_not_end_the_session_and_tab_completes(tmp_path: Path) -> None
     assert term.command("help").count("AVAILABLE COMMANDS") == 1
     assert term.exit() == (f"exit\nGlobal pref auto_save_on_exit=true\nConfiguration saved to {cfg}\n", 0)
     assert json.loads(cfg.read_text())["storage_objects"] == []
+
+
+def test_auto_save_on_change_applies_each_command(tmp_path: Path) -> None:
+    cfg = tmp_path / "saveconfig.json"
+    term = Terminal(cfg)
+    term.read_until(PROMPT)
+    assert term.command("set global auto_save_on_change=true") == "Parameter auto_save_on_change is now 'true'.\n"
+    term.command("/backstores/ramdisk create name=r0 size=1M")
+    # saved before exit: a daemon watching the file sees the new disk now
+    assert [so["name"] for so in json.loads(cfg.read_text())["storage_objects"]] == ["r0"]
+    term.command("/backstores/ramdisk create name=r0 size=1M")  # refused: nothing to save
+    assert [so["name"] for so in json.loads(cfg.read_text())["storage_objects"]] == ["r0"]
+    term.exit()

@@ -26,6 +26,7 @@ GLOBAL_PARAMS: tuple[tuple[str, str, str], ...] = (
     ("loglevel_console", "loglevel", "Log level for messages going to the console."),
     ("prompt_length", "number", "Max length of the shell prompt path, 0 for infinite."),
     ("auto_save_on_exit", "bool", "If true, saves configuration on exit."),
+    ("auto_save_on_change", "bool", "If true, saves after every change (a running daemon applies it at once)."),
 )
 
 

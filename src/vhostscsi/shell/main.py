@@ -40,7 +40,20 @@ class VhostShell(ConfigShell):
     quote or a stray '=' would run a shortened command; here the whole line must parse.
     """
 
-    default_prefs = dict(ConfigShell.default_prefs, auto_save_on_exit=True)
+    default_prefs = dict(ConfigShell.default_prefs, auto_save_on_exit=True, auto_save_on_change=False)
+    # set by main(): the session to save after each change when auto_save_on_change is on
+    session: Session | None = None
+
+    def run_cmdline(self, cmdline: str) -> None:
+        """Run one line; with auto_save_on_change, a running daemon sees the change at once.
+
+        By default the interactive shell keeps targetcli's model (changes are saved by
+        `saveconfig` and on exit); an admin who wants every change applied live to a running
+        `vhostscsi serve` sets `set global auto_save_on_change=true`.
+        """
+        super().run_cmdline(cmdline)
+        if self.session is not None and self.prefs["auto_save_on_change"] and self.session.dirty():
+            self.session.save()
 
     def _parse_cmdline(self, line: str):  # type: ignore[override]
         try:
@@ -141,5 +154,6 @@ def main(argv: list[str]) -> int:
     shell = VhostShell(prefs_dir)
     root = Root(shell, session)
     if interactive:
+        shell.session = session
         return _run_interactive(shell, root)
     return _run_one_shot(shell, session, args)

@@ -242,10 +242,6 @@ def _start_stop(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memory
 
 # --- WRITE SAME, UNMAP ---------------------------------------------------------------------------
 
-def _has_unmap(dev: object) -> bool:
-    return getattr(dev, "plugin", "") not in ("ramdisk", "rd_mcp")  # rd has no execute_unmap
-
-
 def _write_same(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryview,
                 dout: Bufs, din: Bufs) -> ScsiResult:
     dev = lun.dev
@@ -274,14 +270,13 @@ def _write_same(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memory
         return Reason.INVALID_CDB_FIELD  # ANCHOR
     unmap = bool(flags & 0x08)
     bs = dev.block_size
+    # LIO refuses emulate_tpws/tpu on backends without discard (rd_mcp), so the attributes
+    # alone say whether this device unmaps.
     if unmap:
-        if not _has_unmap(dev) or not dev.attrs.get("emulate_tpws"):
+        if not dev.attrs.get("emulate_tpws"):
             return Reason.UNSUPPORTED_SCSI_OPCODE
-    else:
-        if not _has_unmap(dev):  # rd_mcp has no write_same either
-            return Reason.UNSUPPORTED_SCSI_OPCODE
-        if cdb[1] & 0xE0:  # sbc_check_prot reads byte 1 whatever the CDB size
-            return Reason.INVALID_CDB_FIELD
+    elif cdb[1] & 0xE0:  # sbc_check_prot reads byte 1 whatever the CDB size
+        return Reason.INVALID_CDB_FIELD
     stop = admit(port, lun, nexus, cdb, dout, din, bs)
     if stop is not None:
         return stop
@@ -320,7 +315,7 @@ def _variable_length(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | m
 def _unmap(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryview,
            dout: Bufs, din: Bufs) -> ScsiResult:
     dev = lun.dev
-    if not _has_unmap(dev) or not dev.attrs.get("emulate_tpu"):
+    if not dev.attrs.get("emulate_tpu"):
         return Reason.UNSUPPORTED_SCSI_OPCODE
     size = _U16(cdb, 7)[0]
     stop = admit(port, lun, nexus, cdb, dout, din, size)

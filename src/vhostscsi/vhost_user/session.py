@@ -138,6 +138,7 @@ class RingState:
     num: int = 0
     addr: VringAddr | None = None
     base: int = 0
+    base_set: bool = False  # SET_VRING_BASE arrived after the running vq was built: it wins over the vq's index
     kicked: bool = False  # SET_VRING_KICK received since the last stop: the ring is started
     # Enabled until told otherwise, as libvhost-user does: a QEMU that negotiates protocol features but never
     # sends SET_VRING_ENABLE for vhost-user-scsi would otherwise leave the guest waiting forever.
@@ -279,7 +280,8 @@ class Session:
         ring = self.rings[index]
         if not ring.kicked or self.memory is None or ring.addr is None or not ring.num:
             return
-        base = ring.vq.last_avail_idx if ring.vq is not None else ring.base
+        base = ring.vq.last_avail_idx if ring.vq is not None and not ring.base_set else ring.base
+        ring.base_set = False
         try:
             vq = SplitVirtqueue.from_uva(
                 self.memory, ring.num, ring.addr.desc, ring.addr.avail, ring.addr.used,
@@ -398,6 +400,7 @@ class Session:
         if st.num > 0xFFFF:
             raise _RequestFailed(f"ring base {st.num} does not fit a split ring index")
         ring.base = st.num
+        ring.base_set = ring.vq is not None
         return None
 
     def _get_vring_base(self, msg: Message, actions: list[Action]) -> Message:

@@ -269,3 +269,19 @@ def test_random_messages_only_raise_protocol_error(seq: list[tuple[int, bytes, b
                     os.close(fd)
     finally:
         s.close()
+
+
+def test_set_vring_base_on_a_running_ring_takes_effect(ram: GuestRam) -> None:
+    """A front end that re-sets a ring without GET_VRING_BASE first (a restart of its own) must get its base."""
+    s = Session(num_queues=3)
+    negotiate(s)
+    set_mem(s, ram)
+    ring = DriverRing(ram, 8)
+    kick, r = setup_ring(s, ram, 2, ring)
+    ring.add([(ram.alloc(1), 1)], [])
+    r.actions[1].vq.pop()
+    kick2, r = setup_ring(s, ram, 2, ring, base=5)
+    assert r.actions[1].vq.last_avail_idx == 5
+    os.close(kick)
+    os.close(kick2)
+    s.close()

@@ -24,7 +24,7 @@ from vhostscsi.shell.lioinfo import info_text
 from vhostscsi.shell.sizes import bytes_to_human, human_to_bytes
 
 _ATTR_DESC = "LIO storage object attribute (see targetcli(8))."
-_BOOL_ATTRS = {name for name in WRITABLE if name.startswith("emulate_")} | {
+_BOOL_ATTRS = {n for n in WRITABLE if n.startswith("emulate_") and n != "emulate_ua_intlck_ctrl"} | {
     "enforce_pr_isids",
     "force_pr_aptpl",
     "is_nonrot",
@@ -67,6 +67,12 @@ def validate_attribute(name: str, value: int) -> int:
         raise ExecutionError(f"invalid block_size {value}: use 512, 1024, 2048 or 4096")
     if name == "queue_depth" and value == 0:
         raise ExecutionError("invalid queue_depth 0: must be at least 1")
+    if name == "emulate_ua_intlck_ctrl" and value > 2:
+        raise ExecutionError(f"invalid emulate_ua_intlck_ctrl {value}: use 0, 1 or 2")
+    if name == "emulate_rest_reord" and value != 0:
+        raise ExecutionError("emulate_rest_reord=1 is not implemented (as in LIO): keep 0")
+    if name == "pi_prot_type" and value > 3:
+        raise ExecutionError(f"invalid pi_prot_type {value}: use 0 to 3")
     return value
 
 

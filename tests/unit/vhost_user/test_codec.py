@@ -207,3 +207,35 @@ def test_fd_attribution_matches_the_kernel() -> None:
         os.close(efd)
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize(
+    "request_, value, pack, unpack, size",
+    [
+        (Request.SET_FEATURES, 0x1_7000_0006, codec.pack_u64, codec.unpack_u64, 8),
+        (Request.SET_VRING_NUM, codec.VringState(1, 256), lambda v: codec.pack_vring_state(*v),
+         codec.unpack_vring_state, 8),
+        (Request.SET_VRING_ADDR, VringAddr(2, 1, 0x10, 0x20, 0x30, 0x40), codec.pack_vring_addr,
+         codec.unpack_vring_addr, 40),
+        (Request.SET_VRING_KICK, codec.VringFile(3, True), lambda v: codec.pack_vring_file(*v),
+         codec.unpack_vring_file, 8),
+        (Request.SET_MEM_TABLE, [RegionDesc(0, 1 << 30, 0x7F00_0000_0000, 0)], codec.pack_memory_table,
+         codec.unpack_memory_table, 40),
+        (Request.ADD_MEM_REG, RegionDesc(1 << 32, 1 << 20, 0x7E00_0000_0000, 4096), codec.pack_single_region,
+         codec.unpack_single_region, 40),
+        (Request.GET_INFLIGHT_FD, Inflight(4096, 0, 3, 128), codec.pack_inflight, codec.unpack_inflight, 24),
+        (Request.SET_CONFIG, codec.ConfigSpace(0, 4, 0, b"\1\2\3\4"), codec.pack_config, codec.unpack_config, 16),
+    ],
+    ids=lambda x: x.name if isinstance(x, Request) else None,
+)
+def test_every_payload_round_trips_through_the_wire(request_, value, pack, unpack, size) -> None:
+    raw = encode(Message(request_, 1, pack(value), (5,)))
+    assert len(raw) == 12 + size and raw[:12] == struct.pack("<III", request_, 1, size)
+    (msg,) = Decoder().feed(raw, [5])
+    assert msg.fds == (5,) and unpack(msg.payload) == value
+
+
+def test_log_payload() -> None:
+    assert codec.unpack_log(struct.pack("<QQ", 4096, 8)) == (4096, 8)
+    with pytest.raises(PayloadError):
+        codec.unpack_log(bytes(8))

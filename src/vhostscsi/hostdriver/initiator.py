@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from vhostscsi.hostdriver.frontend import FrontEnd, FrontEndError
 from vhostscsi.hostdriver.guestram import GuestRam
-from vhostscsi.hostdriver.vring import DriverRing, Used
+from vhostscsi.hostdriver.vring import DriverRing, Used, malformed_chain
 from vhostscsi.vhost_user.protocol import VIRTIO_RING_F_EVENT_IDX, bit
 from vhostscsi.virtio import scsi as vs
 from vhostscsi.virtio.barrier import full_fence
@@ -182,6 +182,17 @@ class ScsiInitiator:
             return self.ram.read(resp, 1)[0]
         finally:
             self.ram.reset_allocator(mark)
+
+    def submit_malformed(self, kind: str, queue: int = 2) -> int:
+        """Post one deliberately broken chain (see vring.MALFORMED_KINDS) and kick; returns its head."""
+        ring = self.rings[queue]
+        base = ring.free[0] if kind in ("loop", "too-long", "wrong-direction") else None
+        if kind == "too-long" and len(ring.free) < ring.size:
+            raise RuntimeError("a too-long chain needs the whole descriptor table free")
+        descs = malformed_chain(kind, self.ram, ring.size, base or 0)
+        head = ring.add_raw(descs, head=base)
+        self.kick(queue, force=True)
+        return head
 
     def post_event_buffers(self, n: int) -> list[int]:
         """Give the device `n` event buffers (as the guest driver does at probe); returns their GPAs."""

@@ -31,6 +31,41 @@ class Desc(NamedTuple):
     next: int = 0
 
 
+MALFORMED_KINDS = (
+    "out-of-range", "wrapping", "loop", "too-long", "wrong-direction", "indirect-in-indirect", "bad-indirect-length",
+)
+
+
+def malformed_chain(kind: str, ram: GuestRam, size: int, base: int = 0) -> list[Desc]:
+    """Descriptors for one deliberately broken request, to be written at table slots base, base+1, ...
+
+    Every kind must make a back end fail that request (used length 0) and carry on serving the ring.
+    """
+    ok = ram.alloc(64)
+
+    def nxt(k: int) -> int:
+        """Table slot of the k-th descriptor of this chain."""
+        return (base + k) % size
+
+    if kind == "out-of-range":
+        return [Desc(ram.gpa_base + ram.size + 0x1000_0000, 51)]
+    if kind == "wrapping":
+        return [Desc(2**64 - 16, 64)]
+    if kind == "loop":
+        return [Desc(ok, 51, VRING_DESC_F_NEXT, nxt(1)), Desc(ok, 51, VRING_DESC_F_NEXT, nxt(0))]
+    if kind == "too-long":  # visits every slot of the table and comes back to the first
+        return [Desc(ok, 1, VRING_DESC_F_NEXT, nxt(k + 1)) for k in range(size)]
+    if kind == "wrong-direction":  # a readable buffer after a writable one
+        return [Desc(ok, 64, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, nxt(1)), Desc(ok, 51)]
+    if kind == "indirect-in-indirect":
+        inner = ram.alloc(16)
+        _DESC.pack_into(ram.view(inner, 16), 0, inner, 16, VRING_DESC_F_INDIRECT, 0)
+        return [Desc(inner, 16, VRING_DESC_F_INDIRECT)]
+    if kind == "bad-indirect-length":
+        return [Desc(ok, 24, VRING_DESC_F_INDIRECT)]
+    raise ValueError(f"unknown malformed chain kind {kind!r}; choose from {', '.join(MALFORMED_KINDS)}")
+
+
 class Used(NamedTuple):
     head: int
     length: int

@@ -100,7 +100,7 @@ class Peer:
     comm: str
 
     def __str__(self) -> str:
-        return f"pid {self.pid} ({self.comm}), uid {self.uid}"
+        return f"{self.comm}[{self.pid}] uid {self.uid}"
 
 
 def peer_of(sock: socket.socket) -> Peer:

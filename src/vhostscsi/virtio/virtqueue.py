@@ -168,13 +168,35 @@ class SplitVirtqueue:
         return chain
 
     def pop_all(self) -> list[Chain]:
-        """Everything available now (one wake-up's batch)."""
+        """Everything available now (one wake-up's batch); avail.idx is read once for the whole batch."""
+        if self.broken:
+            return []
+        avail = self._avail
+        avail_idx = avail[1]
+        last = self.last_avail_idx
+        n = (avail_idx - last) & 0xFFFF
+        if not n:
+            return []
+        size = self.size
+        if n > size:
+            self._break(f"avail index moved from {last} to {avail_idx}, more than the ring size {size}")
+            return []
+        mask = self._mask
+        walk = self.walk
+        inflight = self.inflight
         out = []
-        pop = self.pop
-        chain = pop()
-        while chain is not None:
-            out.append(chain)
-            chain = pop()
+        for k in range(n):
+            head = avail[2 + ((last + k) & mask)]
+            if head >= size:
+                self.last_avail_idx = (last + k) & 0xFFFF
+                self._break(f"avail ring names descriptor {head} in a ring of {size}")
+                return out
+            out.append(walk(head))
+            if inflight is not None:
+                inflight.record_pop(head)
+        self.last_avail_idx = avail_idx
+        if self.event_idx and self._notifications_enabled:
+            self._used[2 + 4 * size] = avail_idx
         return out
 
     def walk(self, head: int) -> Chain:
@@ -211,7 +233,12 @@ class SplitVirtqueue:
                 if length == 0 or length & 15:
                     chain.error = f"indirect table length {length} is not a multiple of 16"
                     return chain
-                t = memory.view(addr, length)
+                off = addr - r_gpa
+                if 0 <= off and off + length <= r_size:
+                    t = r_buf[off : off + length]
+                else:
+                    t = memory.view(addr, length)
+                    r_gpa, r_size, r_buf = memory.last_region()
                 if t is None:
                     chain.error = f"indirect table at {addr:#x} (+{length:#x}) is outside guest memory"
                     return chain

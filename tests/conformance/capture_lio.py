@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""Capture the kernel LIO's answers to every CDB in lio_cases.CASES.
+
+Regenerate the stored capture with:
+
+    python3 tests/conformance/capture_lio.py            # writes tests/conformance/data/lio-6.1.json
+
+It boots Debian's cloud kernel under QEMU (TCG) with a busybox initramfs holding sg3_utils,
+builds the setup of lio_setup.py through configfs (fileio backstores, tcm_loop target, an ACL
+that maps LUN 1 write-protected), rescans the tcm_loop host, and runs each CDB with sg_raw on
+the LUN's /dev/sgN. sg_raw's report (status, raw sense, data-in) is parsed into JSON together
+with everything needed to rebuild the same setup on our side: serials, names, sizes, every
+configfs attribute as LIO shows it, the target port WWN and TPG tag, and the relative target
+port ids LIO assigned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from conformance.lio_cases import CASES, Case  # noqa: E402
+from conformance.lio_setup import (  # noqa: E402
+    INITIATOR_WWN,
+    LUNS,
+    TARGET_WWN,
+    LunSetup,
+    TPG_TAG,
+    initial_content,
+)
+from vhostscsi.guestkit import (  # noqa: E402
+    LIO_MODULES,
+    GuestImage,
+    boot_guest,
+    sg3_utils,
+)
+
+DATA = Path(__file__).resolve().parent / "data" / "lio-6.1.json"
+HEX_LIMIT = 4096  # larger data-in is stored as sha256 + length
+STATUS = {
+    "good": 0x00,
+    "check condition": 0x02,
+    "condition met": 0x04,
+    "busy": 0x08,
+    "reservation conflict": 0x18,
+    "task set full": 0x28,
+    "aca active": 0x30,
+    "task aborted": 0x40,
+}
+
+_RUN_FN = r"""
+run() {  # index lun alloc datafile cdb-bytes...
+  i=$1; l=$2; r=$3; f=$4; shift 4
+  eval dev=\$SG$l
+  rm -f /tmp/din
+  args=""
+  [ "$r" -gt 0 ] && args="-r $r -o /tmp/din"
+  [ -n "$f" ] && args="$args -i $f -s $(wc -c < $f)"
+  sg_raw -vvv $args $dev "$@" > /tmp/log 2>&1
+  rc=$?
+  echo "@@CASE $i rc=$rc"
+  cat /tmp/log
+  echo "@@DATA"
+  if [ -f /tmp/din ]; then
+    n=$(wc -c < /tmp/din)
+    if [ "$n" -gt %(limit)d ]; then echo "SHA256 $(sha256sum /tmp/din | cut -d' ' -f1) $n"
+    else echo "LEN $n"; od -An -v -tx1 /tmp/din; fi
+  fi
+  echo "@@END $i"
+}
+""" % {"limit": HEX_LIMIT}
+
+
+def _dir(lun: LunSetup) -> str:
+    return f"$C/core/fileio_{lun.lun}/{lun.name}"
+
+
+# tcm_loop's SCSI host scans LUN 0 only (max_lun = 0); any other LUN appears when a TPG LUN
+# with that number is linked while the nexus exists. Each real LUN is therefore exported as TPG
+# LUN 10+n, mapped in the initiator's ACL as LUN n (with its write_protect flag), and after the
+# nexus is up a placeholder backstore linked as TPG LUN n makes tcm_loop add [0:0:1:n], which
+# the ACL routes to the real device. The placeholder is never mapped, so REPORT LUNS, VPD and
+# data all come from the real backstores.
+TPG_LUN_BASE = 10
+
+
+def setup_script() -> str:
+    """Shell that builds the LIO setup in configfs and finds each LUN's sg node."""
+    lines = [
+        "C=/sys/kernel/config/target",
+        f"W={TARGET_WWN}",
+        f"I={INITIATOR_WWN}",
+        f"T=$C/loopback/$W/tpgt_{TPG_TAG}",
+        "mkdir -p $T",
+    ]
+    for lun in LUNS:
+        d = _dir(lun)
+        lines += [
+            f"cp /data/{lun.name}.img /tmp/{lun.name}.img",
+            f"mkdir -p {d}",
+            f'echo "fd_dev_name=/tmp/{lun.name}.img,fd_dev_size={lun.size},fd_buffered_io=1" > {d}/control',
+            f"echo {lun.serial} > {d}/wwn/vpd_unit_serial",
+            f"echo 1 > {d}/enable",
+            *[f"echo {v} > {d}/attrib/{k}" for k, v in lun.attributes.items()],
+            f"mkdir -p $T/lun/lun_{TPG_LUN_BASE + lun.lun}",
+            f"ln -s {d} $T/lun/lun_{TPG_LUN_BASE + lun.lun}/{lun.name}_link",
+        ]
+    # LIO lists an initiator's LUNs (REPORT LUNS) newest mapping first. A vhost session is made
+    # after its LUNs exist and maps them (demo mode) so that LUN 0 comes first; mapping in
+    # descending order here gives the same list.
+    for lun in sorted(LUNS, key=lambda item: -item.lun):
+        lines += [
+            f"mkdir -p $T/acls/$I/lun_{lun.lun}",
+            f"ln -s $T/lun/lun_{TPG_LUN_BASE + lun.lun} $T/acls/$I/lun_{lun.lun}/map_{lun.lun}",
+            f"echo {int(lun.write_protect)} > $T/acls/$I/lun_{lun.lun}/write_protect",
+        ]
+    lines += [
+        "P=$C/core/fileio_9/placeholder",
+        "mkdir -p $P",
+        'echo "fd_dev_name=/tmp/placeholder.img,fd_dev_size=65536,fd_buffered_io=1" > $P/control',
+        "echo 1 > $P/enable",
+        "echo $I > $T/nexus",
+        "for h in /sys/class/scsi_host/*; do echo '- - -' > $h/scan; done",
+    ]
+    for lun in LUNS:
+        if lun.lun:
+            lines += [f"mkdir -p $T/lun/lun_{lun.lun}", f"ln -s $P $T/lun/lun_{lun.lun}/placeholder"]
+    lines += [
+        "for s in /sys/class/scsi_generic/sg*; do",
+        "  hctl=$(basename $(readlink $s/device)); eval SG${hctl##*:}=/dev/$(basename $s)",
+        "done",
+        'echo "@@SETUP nexus=$(cat $T/nexus) sg0=$SG0 sg1=$SG1"',
+        "/usr/bin/lsscsi -g",
+        # drain unit attentions the setup itself raised, so the recorded run starts quiet
+        "for l in 0 1; do eval dev=\\$SG$l; for n in 1 2 3; do",
+        '  echo "@@PRE lun=$l $(sg_raw $dev 00 00 00 00 00 00 2>&1 | grep -E "Status|Additional sense" | tr "\\n" " ")"',
+        "done; done",
+    ]
+    for lun in LUNS:
+        d = _dir(lun)
+        lines += [
+            f'for a in {d}/attrib/*; do echo "@@ATTR {lun.lun} $(basename $a)=$(cat $a)"; done',
+            f'echo "@@INFO {lun.lun} $(cat {d}/info | tr "\\n" " ")"',
+        ]
+    lines.append('echo "@@KERNEL $(uname -r)"')
+    return "\n".join(lines) + "\n"
+
+
+def case_script(cases: list[Case]) -> str:
+    lines = [_RUN_FN]
+    for i, case in enumerate(cases):
+        f = f"/cases/{i}.out" if case.data_out else ""
+        cdb = " ".join(f"{b:02x}" for b in case.cdb)
+        lines.append(f"run {i} {case.lun} {case.alloc} {shlex.quote(f) or chr(34) * 2} {cdb}")
+    return "\n".join(lines) + "\n"
+
+
+def build_image(cases: list[Case]) -> GuestImage:
+    files: dict[str, bytes] = {f"/data/{lun.name}.img": initial_content(lun.name, lun.size) for lun in LUNS}
+    files.update({f"/cases/{i}.out": c.data_out for i, c in enumerate(cases) if c.data_out})
+    # LIO writes PR metadata under its db_root (/etc/target/pr) on every PR change, APTPL or
+    # not, and answers LOGICAL UNIT COMMUNICATION FAILURE when it cannot: the directory must
+    # exist before target_core_mod loads, as it does on a targetcli host.
+    files["/etc/target/pr/README"] = b"LIO persistent reservation metadata\n"
+    return GuestImage.build(
+        None,
+        extra_binaries=[*sg3_utils(), "/usr/bin/lsscsi"],
+        modules=["sg", *LIO_MODULES],
+        init_script=setup_script() + case_script(cases),
+        extra_files=files,
+    )
+
+
+_SENSE_RE = re.compile(r"Raw sense data \(in hex\), sb_len=(\d+).*?\n((?:\s+(?:[0-9a-f]{2}\s*)+\n)+)")
+
+
+def parse_case(block: str) -> dict[str, Any]:
+    """sg_raw's report for one case -> status, sense, data-in."""
+    head, _, data = block.partition("@@DATA\n")
+    m = re.search(r"SCSI Status: (.+?)\s*$", head, re.M)
+    if not m:
+        raise RuntimeError(f"sg_raw printed no SCSI status:\n{head}")
+    status_name = m.group(1).strip().lower()
+    if status_name not in STATUS:
+        raise RuntimeError(f"unknown SCSI status {m.group(1)!r}")
+    out: dict[str, Any] = {"status": STATUS[status_name], "sense": ""}
+    s = _SENSE_RE.search(head)
+    if s:
+        out["sense"] = "".join(s.group(2).split())[: 2 * int(s.group(1))]
+    elif out["status"] == STATUS["check condition"]:
+        raise RuntimeError(f"CHECK CONDITION without raw sense:\n{head}")
+    data = data.strip()
+    if data.startswith("SHA256"):
+        _, digest, n = data.split()
+        out.update(data_in_len=int(n), data_in_sha256=digest)
+    elif data.startswith("LEN"):
+        first, _, rest = data.partition("\n")
+        out.update(data_in_len=int(first.split()[1]), data_in="".join(rest.split()))
+    else:
+        out.update(data_in_len=0, data_in="")
+    return out
+
+
+def rtpi_from_vpd83(hexdata: str) -> int | None:
+    """The relative target port identifier designator (type 4) of a VPD 0x83 page."""
+    buf = bytes.fromhex(hexdata)
+    pos = 4
+    end = min(len(buf), 4 + int.from_bytes(buf[2:4], "big"))
+    while pos + 4 <= end:
+        dtype, dlen = buf[pos + 1] & 0x0F, buf[pos + 3]
+        if dtype == 0x4:
+            return int.from_bytes(buf[pos + 4 + 2 : pos + 4 + 4], "big")
+        pos += 4 + dlen
+    return None
+
+
+def parse_console(console: str, cases: list[Case]) -> dict[str, Any]:
+    m = re.search(r"^@@SETUP nexus=(\S+) sg0=(\S*) sg1=(\S*)$", console, re.M)
+    if not m or not m.group(2) or not m.group(3):
+        raise RuntimeError("LIO setup failed in the guest (no sg node per LUN)")
+    attrs: dict[int, dict[str, int | str]] = {lun.lun: {} for lun in LUNS}
+    for lun, key, value in re.findall(r"^@@ATTR (\d+) (\w+)=(.*)$", console, re.M):
+        attrs[int(lun)][key] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
+    info = dict((int(a), b.strip()) for a, b in re.findall(r"^@@INFO (\d+) (.*)$", console, re.M))
+    kernel = re.search(r"^@@KERNEL (\S+)$", console, re.M)
+    results = []
+    for i, case in enumerate(cases):
+        block = re.search(rf"^@@CASE {i} rc=(\d+)\n(.*?)^@@END {i}$", console, re.M | re.S)
+        if not block:
+            raise RuntimeError(f"no output for case {i} ({case.name})")
+        entry: dict[str, Any] = {
+            "name": case.name,
+            "lun": case.lun,
+            "cdb": case.cdb.hex(),
+            "alloc": case.alloc,
+            "data_out": case.data_out.hex() if len(case.data_out) <= HEX_LIMIT else None,
+            "data_out_sha256": hashlib.sha256(case.data_out).hexdigest() if case.data_out else None,
+        }
+        entry.update(parse_case(block.group(2)))
+        entry["sg_raw_rc"] = int(block.group(1))
+        results.append(entry)
+    rtpis = {r["lun"]: rtpi_from_vpd83(r["data_in"]) for r in results if r["name"] in ("vpd_83", "wp_vpd_83")}
+    return {
+        "generator": "tests/conformance/capture_lio.py",
+        "kernel": kernel.group(1) if kernel else None,
+        "fabric": "tcm_loop",
+        "target_wwn": TARGET_WWN,
+        "tpg_tag": TPG_TAG,
+        "initiator": m.group(1),
+        "luns": [
+            {
+                "lun": lun.lun,
+                "plugin": "fileio",
+                "name": lun.name,
+                "serial": lun.serial,
+                "size": lun.size,
+                "write_back": True,
+                "write_protect": lun.write_protect,
+                "relative_port_id": rtpis.get(lun.lun),
+                "attributes": attrs[lun.lun],
+                "info": info.get(lun.lun, ""),
+            }
+            for lun in LUNS
+        ],
+        "cases": results,
+    }
+
+
+def run_guest(timeout: float = 600.0) -> str:
+    """Boot the LIO guest and run every case; returns the raw console."""
+    return boot_guest(build_image(CASES), timeout=timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=DATA, help=f"where to write the JSON (default {DATA})")
+    ap.add_argument("--console", type=Path, help="also save the raw guest console here")
+    args = ap.parse_args(argv)
+    console = run_guest()
+    if args.console:
+        args.console.write_text(console)
+    result = parse_console(console, CASES)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"captured {len(result['cases'])} cases from LIO {result['kernel']} into {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -64,6 +64,7 @@ class FrontEnd:
         self.protocol_features = 0
         self.queue_num = 0
         self.rings: dict[int, RingFds] = {}
+        self.inflight: tuple[codec.Inflight, int] | None = None  # area description and our fd of it
 
     @classmethod
     def connect(cls, path: str, *, timeout: float = 10.0) -> "FrontEnd":
@@ -76,6 +77,9 @@ class FrontEnd:
         for r in self.rings.values():
             r.close()
         self.rings.clear()
+        if self.inflight is not None:
+            os.close(self.inflight[1])
+            self.inflight = None
         self.sock.close()
 
     # ---- raw messaging ----------------------------------------------------------------------------------------
@@ -134,6 +138,29 @@ class FrontEnd:
         want = offered if features is None else features & offered
         self.request(Request.SET_FEATURES, codec.pack_u64(want))
         self.features = want
+
+    def setup_inflight(self, num_queues: int, queue_size: int) -> None:
+        """GET_INFLIGHT_FD then SET_INFLIGHT_FD, as QEMU does before starting rings; we keep the area's fd so a
+        reconnect can hand it to the next back-end process (`set_inflight`)."""
+        if not self.protocol_features & bit(ProtocolFeature.INFLIGHT_SHMFD):
+            raise FrontEndError("the back end did not offer INFLIGHT_SHMFD")
+        reply = self.request(Request.GET_INFLIGHT_FD, codec.pack_inflight(codec.Inflight(0, 0, num_queues, queue_size)))
+        assert reply is not None
+        if len(reply.fds) != 1:
+            for fd in reply.fds:
+                os.close(fd)
+            raise FrontEndError(f"GET_INFLIGHT_FD reply carried {len(reply.fds)} fds")
+        self.set_inflight(codec.unpack_inflight(reply.payload), reply.fds[0])
+
+    def set_inflight(self, info: codec.Inflight, fd: int) -> None:
+        """SET_INFLIGHT_FD with an area from an earlier connection; this FrontEnd owns `fd` from now on."""
+        self.inflight = (info, fd)
+        self.request(Request.SET_INFLIGHT_FD, codec.pack_inflight(info), (fd,))
+
+    def take_inflight(self) -> tuple[codec.Inflight, int] | None:
+        """Hand the in-flight area (and its fd) over to the next connection."""
+        got, self.inflight = self.inflight, None
+        return got
 
     def set_mem_table(self, ram: GuestRam) -> None:
         fds = tuple(os.dup(ram.fd) for _ in ram.regions)

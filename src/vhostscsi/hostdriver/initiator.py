@@ -66,9 +66,12 @@ class ScsiInitiator:
         self._done: dict[int, dict[int, Used]] = {}
         self._tag = 0
 
-    def start(self, *, features: int | None = None) -> None:
-        """Negotiate, send the memory table and bring every ring up, in QEMU's order."""
+    def start(self, *, features: int | None = None, inflight: bool = False) -> None:
+        """Negotiate, send the memory table and bring every ring up, in QEMU's order (with `inflight`, the
+        in-flight area first, as QEMU 10 does for a back end it can reconnect to)."""
         self.fe.negotiate(features)
+        if inflight:
+            self.fe.setup_inflight(2 + self.request_queues, self.queue_size)
         self.fe.set_mem_table(self.ram)
         ev = bool(self.fe.features & bit(VIRTIO_RING_F_EVENT_IDX)) and self.event_idx
         for q in range(2 + self.request_queues):
@@ -76,6 +79,19 @@ class ScsiInitiator:
             self.rings[q] = ring
             self._done[q] = {}
             self.fe.setup_ring(q, ring)
+
+    def reconnect(self, fe: FrontEnd) -> None:
+        """Continue on a new connection (a restarted back end) with the same guest RAM and rings, as QEMU's
+        reconnect does: the in-flight area goes back, each ring restarts at its used index, and requests the
+        old back end had taken but not completed are the new one's to finish."""
+        area = self.fe.take_inflight()
+        self.fe = fe
+        fe.negotiate()
+        if area is not None:
+            fe.set_inflight(*area)
+        fe.set_mem_table(self.ram)
+        for q, ring in self.rings.items():
+            fe.setup_ring(q, ring, base=ring.used_idx())
 
     # ---- posting and waiting ----------------------------------------------------------------------------------
 

@@ -114,6 +114,13 @@ class SplitVirtqueue:
         self._signalled_valid = False
         self._notifications_enabled = True
         self.inflight: "InflightQueue | None" = None
+        self._arm_event_idx()
+
+    def _arm_event_idx(self) -> None:
+        """Ask for a kick on the next buffer. A previous back end may have left avail_event anywhere (it died
+        with kicks disabled); the engine still drains the ring once after start for buffers already there."""
+        if self.event_idx:
+            self._used[2 + 4 * self.size] = self.last_avail_idx
 
     @classmethod
     def from_uva(
@@ -407,4 +414,5 @@ def attach_inflight(vq: SplitVirtqueue, inflight: InflightQueue) -> list[Chain]:
     heads = inflight.recover(vq.used_idx)
     vq.inflight = inflight
     vq.last_avail_idx = (vq.used_idx + len(heads)) & 0xFFFF
+    vq._arm_event_idx()
     return [vq.walk(h) for h in heads]

@@ -85,6 +85,7 @@ class Pump(threading.Thread):
                 self.device.set_queue(a.index, a.vq)
                 if a.resubmit:
                     self._signal(a.index, self.device.resubmit(a.index, a.resubmit))
+                self._serve(a.index)  # buffers may be waiting already (a restart, or a kick before the fd)
             elif isinstance(a, RingStopped):
                 self.device.set_queue(a.index, None)
             elif isinstance(a, RingEnabled):

@@ -265,6 +265,7 @@ def test_guest_reset_stops_and_restarts_rings(served: Served, guest) -> None:
     fe, ram, init = guest
     for _ in range(3):
         assert init.command(TUR).response == vs.S_OK
+    served.wait_log(r"guest driver started \(1 request queue\)")
     bases = [fe.get_vring_base(q) for q in range(3)]
     assert bases[2] == 3
     served.wait_log(r"guest driver stopped")
@@ -369,3 +370,49 @@ def test_a_socket_served_by_another_daemon_is_not_stolen(served: Served, guest) 
         second.kill()
     assert served.socket.exists()
     assert init.command(INQUIRY, data_in_len=96).status == 0
+
+
+@pytest.fixture
+def loop_device(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    image = tmp_path / "blk.img"
+    with open(image, "wb") as f:
+        f.truncate(8 << 20)
+    proc = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"no loop device here: {proc.stderr.strip()}")
+    dev = proc.stdout.strip()
+    try:
+        yield dev, image
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+
+
+def test_grown_block_device_is_announced_to_the_guest(tmp_path: Path, loop_device) -> None:
+    dev, image = loop_device
+    cfg = Config()
+    so = cfg.add_storage_object(new_storage_object("block", "blk", dev=dev, size=8 << 20))
+    cfg.add_target(new_vhost_target(WWN)).tpgs[0].add_lun(so)
+    save_config(cfg, tmp_path / "saveconfig.json")
+    s = Served(tmp_path, tmp_path / "saveconfig.json")
+    try:
+        s.wait_log("listening on")
+        fe, ram, init = s.connect()
+        gpas = init.post_event_buffers(2)
+        read_capacity = bytes([0x25]) + bytes(9)
+        assert init.command(read_capacity, data_in_len=8).data == struct.pack(">II", (8 << 20) // 512 - 1, 512)
+        with open(image, "r+b") as f:
+            f.truncate(16 << 20)
+        subprocess.run(["losetup", "-c", dev], check=True)
+        s.proc.send_signal(signal.SIGHUP)  # `systemctl reload vhostscsi` after growing the device
+        init.wait_any(1, timeout=10)
+        event, lun, reason = init.read_event(gpas[0])
+        assert (event, lun, reason) == (vs.T_PARAM_CHANGE, bytes([1, 1, 0, 0, 0, 0, 0, 0]), 0x2A | 0x09 << 8)
+        r = init.command(read_capacity, data_in_len=8)  # first: the unit attention, as LIO
+        assert r.status == 2 and r.sense[2] & 0x0F == 0x06 and (r.sense[12], r.sense[13]) == (0x2A, 0x09)
+        assert init.command(read_capacity, data_in_len=8).data == struct.pack(">II", (16 << 20) // 512 - 1, 512)
+        s.wait_log(r"/backstores/block/blk: capacity changed to 16777216 bytes")
+        fe.close()
+        ram.close()
+        assert s.stop() == 0
+    finally:
+        s.kill()

@@ -15,7 +15,7 @@ import struct
 from typing import Callable, Mapping
 
 from vhostscsi.engines.user.listener import Peer
-from vhostscsi.engines.user.loop import PRIO_CONTROL, PRIO_DATA, EventLoop, drain_eventfd
+from vhostscsi.engines.user.loop import PRIO_CONTROL, PRIO_DATA, EventLoop, Timer, drain_eventfd
 from vhostscsi.engines.user.rings import RingIO
 from vhostscsi.vhost_user import codec
 from vhostscsi.vhost_user.codec import Decoder, Message, ProtocolError
@@ -42,6 +42,7 @@ log = logging.getLogger("vhostscsi.serve")
 MAX_REQUEST_QUEUES = 16
 RECV_SIZE = 65536
 SEND_TIMEOUT = 5.0
+STATE_LOG_DELAY = 0.3
 
 
 def event_lun_bytes(target: int, lun: int) -> bytes:
@@ -89,7 +90,8 @@ class Connection:
         self.rings = [RingIO(i, label) for i in range(self.session.num_queues)]
         self.decoder = Decoder()
         self.closed = False
-        self._driver_running = False
+        self._reported_state = 0  # request queues running, as last logged
+        self._state_timer: Timer | None = None
         sock.setblocking(True)
         sock.settimeout(SEND_TIMEOUT)  # only sends can block: receives use MSG_DONTWAIT
         loop.add_reader(sock.fileno(), self._on_readable, PRIO_CONTROL)
@@ -188,14 +190,24 @@ class Connection:
         ring.serve(self.device)
 
     def _log_driver_state(self) -> None:
-        running = any(r.started for r in self.rings[FIRST_REQUEST_QUEUE:])
-        if running != self._driver_running:
-            self._driver_running = running
-            if running:
-                queues = sum(1 for r in self.rings[FIRST_REQUEST_QUEUE:] if r.started)
-                log.info("%s: guest driver started (%d request queue%s)", self.label, queues, "s"[: queues > 1])
-            else:
-                log.info("%s: guest driver stopped (device reset, reboot or shutdown)", self.label)
+        """Log the guest driver's state once it settles: rings start one message at a time, and SeaBIOS starts
+        and resets the device within moments, so logging every transition would only be noise."""
+        if self._state_timer is None and self._driver_state() != self._reported_state:
+            self._state_timer = self.loop.call_later(STATE_LOG_DELAY, self._report_driver_state)
+
+    def _driver_state(self) -> int:
+        return sum(1 for r in self.rings[FIRST_REQUEST_QUEUE:] if r.started)
+
+    def _report_driver_state(self) -> None:
+        self._state_timer = None
+        queues = self._driver_state()
+        if self.closed or queues == self._reported_state:
+            return
+        self._reported_state = queues
+        if queues:
+            log.info("%s: guest driver started (%d request queue%s)", self.label, queues, "s"[: queues > 1])
+        else:
+            log.info("%s: guest driver stopped (device reset, reboot or shutdown)", self.label)
 
     # ---- data path --------------------------------------------------------------------------------------------
     def _on_kick(self, ring: RingIO) -> None:
@@ -228,6 +240,8 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        if self._state_timer is not None:
+            self._state_timer.cancel()
         self.loop.remove_reader(self.sock.fileno())
         self._apply(self.session.close())  # stops rings, unmaps guest memory
         for ring in self.rings:

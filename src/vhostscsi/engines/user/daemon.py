@@ -111,8 +111,24 @@ class Daemon:
         for step in steps:
             self._step(step, new, failed_devices, failed_targets)
         self.applied = _without(new, failed_devices, failed_targets)
-        if not steps:
+        resized = self.refresh_capacities()
+        if not steps and not resized:
             log.info("configuration unchanged")
+
+    def refresh_capacities(self) -> int:
+        """Re-read every open disk's size (a grown block device); tell the guests whose LUNs changed."""
+        changed = 0
+        for path in list(self.applied.devices):
+            if not self.devices.refresh(path):
+                continue
+            changed += 1
+            log.info("%s: capacity changed to %d bytes", path, self.devices.get(path).backstore.size)  # type: ignore[union-attr]
+            for wwn, tspec in self.applied.targets.items():
+                for tag, tpg in tspec.tpgs.items():
+                    for idx, lun in tpg.luns.items():
+                        if lun.so_path == path and wwn in self.targets:
+                            self.targets[wwn].capacity_changed(tag, idx)
+        return changed
 
     def _step(self, step: d.Step, new: d.DesiredState, failed_devices: set[str], failed_targets: set[str]) -> None:
         match step:
@@ -133,14 +149,6 @@ class Daemon:
             case d.OpenDevice(path):
                 if self.devices.open(new.devices[path].so) is None:
                     failed_devices.add(path)
-            case d.ResizeDevice(path):
-                if self.devices.resize(path, new.devices[path].so):
-                    for wwn, tspec in new.targets.items():
-                        for tag, tpg in tspec.tpgs.items():
-                            for idx, lun in tpg.luns.items():
-                                if lun.so_path == path and wwn in self.targets:
-                                    self.targets[wwn].capacity_changed(tag, idx)
-                    log.info("%s: capacity changed", path)
             case d.AddTarget(wwn):
                 svc = TargetService(self.loop, wwn, socket_path(self.socket_dir, wwn))
                 try:

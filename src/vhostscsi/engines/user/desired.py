@@ -21,7 +21,6 @@ class DeviceSpec:
 
     so: StorageObject = field(compare=False, hash=False)
     identity: tuple
-    size: int
 
 
 def device_spec(so: StorageObject) -> DeviceSpec:
@@ -33,10 +32,12 @@ def device_spec(so: StorageObject) -> DeviceSpec:
         so.write_back,
         so.readonly,
         tuple(sorted(so.attributes.items())),
-        # A ramdisk cannot be resized in place: its size is part of what it is.
-        so.size if so.plugin == "ramdisk" else None,
+        # A file or a ramdisk has the size it was opened with, so a new size there means a new disk (unplugged,
+        # then plugged again). A block device's size is not saved (targetcli reads it from the device): the
+        # daemon re-reads it on every reload instead (Daemon.refresh_capacities).
+        None if so.plugin == "block" else so.size,
     )
-    return DeviceSpec(so=so, identity=identity, size=so.size)
+    return DeviceSpec(so=so, identity=identity)
 
 
 @dataclass(frozen=True)
@@ -127,11 +128,6 @@ class OpenDevice:
 
 
 @dataclass(frozen=True)
-class ResizeDevice:
-    path: str
-
-
-@dataclass(frozen=True)
 class AddTarget:
     wwn: str
 
@@ -149,11 +145,11 @@ class AddLun:
     lun: int
 
 
-Step = RemoveLun | RemoveTpg | RemoveTarget | CloseDevice | OpenDevice | ResizeDevice | AddTarget | AddTpg | AddLun
+Step = RemoveLun | RemoveTpg | RemoveTarget | CloseDevice | OpenDevice | AddTarget | AddTpg | AddLun
 
 
 def plan(old: DesiredState, new: DesiredState) -> list[Step]:
-    """Steps from ``old`` to ``new``: removals first (LUNs, TPGs, targets, disks), then opens, resizes, adds."""
+    """Steps from ``old`` to ``new``: removals first (LUNs, TPGs, targets, disks), then opens, then adds."""
     removes: list[Step] = []
     adds: list[Step] = []
     for wwn, old_t in old.targets.items():
@@ -176,8 +172,6 @@ def plan(old: DesiredState, new: DesiredState) -> list[Step]:
         old_d = old.devices.get(path)
         if old_d is None or old_d.identity != new_d.identity:
             adds.append(OpenDevice(path))
-        elif old_d.size != new_d.size:
-            adds.append(ResizeDevice(path))
     for wwn, new_t in new.targets.items():
         old_t = old.targets.get(wwn)
         if old_t is None:

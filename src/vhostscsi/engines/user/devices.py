@@ -54,12 +54,11 @@ class DeviceTable:
         disk.backstore.close()
         log.info("closed %s", path)
 
-    def resize(self, path: str, so: StorageObject) -> bool:
-        """Re-read the medium's size (the file or device was grown); True when the guest must be told."""
+    def refresh(self, path: str) -> bool:
+        """Re-read the medium's size (a block device was grown); True when the guest must be told."""
         disk = self._disks.get(path)
         if disk is None:
             return False
-        disk.so = so
         try:
             return disk.device.refresh_capacity()
         except BackstoreError as e:

@@ -74,7 +74,7 @@ class BlockBackstore(FdBackstore):
         length = total_len(bufs)
         if offset % self.align == 0 and length % self.align == 0:
             try:
-                preadv_full(self.fd, offset, bufs, self._io("read"), eof_zero=False)
+                preadv_full(self.fd, offset, bufs, self.name, eof_zero=False)
                 return
             except BackstoreError as exc:
                 if exc.errno != errno.EINVAL:
@@ -84,7 +84,7 @@ class BlockBackstore(FdBackstore):
     def _bounced_read(self, offset: int, length: int, bufs: Sequence[memoryview]) -> None:
         start, buf = self._bounce(offset, length)
         with buf, memoryview(buf) as view:
-            preadv_full(self.fd, start, [view], self._io("read"), eof_zero=False)
+            preadv_full(self.fd, start, [view], self.name, eof_zero=False)
             copy_out(view[offset - start : offset - start + length], bufs)
 
     def writev(self, offset: int, bufs: Sequence[memoryview], fua: bool = False) -> None:
@@ -93,7 +93,7 @@ class BlockBackstore(FdBackstore):
         length = total_len(bufs)
         if offset % self.align == 0 and length % self.align == 0:
             try:
-                pwritev_full(self.fd, offset, bufs, self._io("write"), flags)
+                pwritev_full(self.fd, offset, bufs, self.name, flags)
                 return
             except BackstoreError as exc:
                 if exc.errno != errno.EINVAL:
@@ -105,12 +105,12 @@ class BlockBackstore(FdBackstore):
         with buf, memoryview(buf) as view:
             head = offset - start
             if head:
-                preadv_full(self.fd, start, [view[: self.align]], self._io("read"), eof_zero=False)
+                preadv_full(self.fd, start, [view[: self.align]], self.name, eof_zero=False)
             if (offset + length) % self.align:
                 last = view.nbytes - self.align
-                preadv_full(self.fd, start + last, [view[last:]], self._io("read"), eof_zero=False)
+                preadv_full(self.fd, start + last, [view[last:]], self.name, eof_zero=False)
             copy_in(view[head : head + length], bufs)
-            pwritev_full(self.fd, start, [view], self._io("write"), flags)
+            pwritev_full(self.fd, start, [view], self.name, flags)
 
     def unmap(self, offset: int, length: int) -> None:
         """BLKDISCARD, like LIO's iblock; the device decides what discarded blocks read as."""

@@ -69,13 +69,13 @@ class FileIOBackstore(FdBackstore):
     # --- data path ---------------------------------------------------------------------------
     def readv(self, offset: int, bufs: Sequence[memoryview]) -> None:
         self._check_open()
-        preadv_full(self.fd, offset, bufs, self._io("read"), eof_zero=not self.is_blockdev)
+        preadv_full(self.fd, offset, bufs, self.name, eof_zero=not self.is_blockdev)
 
     def writev(self, offset: int, bufs: Sequence[memoryview], fua: bool = False) -> None:
         self._check_writable("write")
         # With O_DSYNC (write_back=false) every write is already durable.
         flags = _RWF_DSYNC if fua and self.write_back else 0
-        pwritev_full(self.fd, offset, bufs, self._io("write"), flags)
+        pwritev_full(self.fd, offset, bufs, self.name, flags)
 
     def unmap(self, offset: int, length: int) -> None:
         """Punch a hole (file) or discard (block device); blocks read back as zeros."""

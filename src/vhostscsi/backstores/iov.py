@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from vhostscsi.backstores.errors import BackstoreError
 
@@ -62,43 +62,73 @@ def zero_fill(views: Sequence[memoryview]) -> None:
             pos += k
 
 
+def _full(
+    op: Callable[[Sequence[memoryview], int], int],
+    offset: int,
+    bufs: Sequence[memoryview],
+    what: str,
+    done: int,
+) -> tuple[list[memoryview], int, int] | None:
+    """Finish a vectored transfer of which ``done`` bytes (-1: none tried yet) already moved;
+    on a call that moves nothing, return (views, index, offset) of the stall for the caller
+    to judge (EOF, full device)."""
+    n = done
+    try:
+        views = _flat(bufs)
+        i = 0
+        if n > 0:
+            offset += n
+            i = _advance(views, 0, n)
+        while i < len(views):
+            n = op(views[i : i + IOV_MAX], offset)
+            if n == 0:
+                return views, i, offset
+            offset += n
+            i = _advance(views, i, n)
+        return None
+    except OSError as exc:
+        raise BackstoreError.from_oserror(exc, f"{what} at byte {offset}") from None
+
+
 def preadv_full(fd: int, offset: int, bufs: Sequence[memoryview], what: str, eof_zero: bool) -> None:
     """Fill every buffer from ``fd`` at ``offset``.
 
     At end of file the rest is zeros when ``eof_zero`` (a sparse fileio file shorter than its
     LUN), else it is an EIO: a block device that ends early has lost media.
     """
-    views = _flat(bufs)
-    i = 0
-    while i < len(views):
+    n = -1
+    if 0 < len(bufs) <= IOV_MAX:  # the common case: one syscall, no list building
         try:
-            n = os.preadv(fd, views[i : i + IOV_MAX], offset)
+            n = os.preadv(fd, bufs, offset)
         except OSError as exc:
             raise BackstoreError.from_oserror(exc, f"{what}: read at byte {offset}") from None
-        if n == 0:
-            if eof_zero:
-                zero_fill(views[i:])
-                return
-            raise BackstoreError(errno.EIO, f"{what}: read at byte {offset}: unexpected end of device")
-        offset += n
-        i = _advance(views, i, n)
+        if n == (bufs[0].nbytes if len(bufs) == 1 else total_len(bufs)):
+            return
+    stall = _full(lambda b, o: os.preadv(fd, b, o), offset, bufs, f"{what}: read", n)
+    if stall is not None:
+        views, i, at = stall
+        if not eof_zero:
+            raise BackstoreError(errno.EIO, f"{what}: read at byte {at}: unexpected end of device")
+        zero_fill(views[i:])
 
 
 def pwritev_full(fd: int, offset: int, bufs: Sequence[memoryview], what: str, flags: int = 0) -> None:
     """Write every buffer to ``fd`` at ``offset`` (``flags``: os.RWF_DSYNC for FUA)."""
-    views = _flat(bufs)
-    i = 0
-    while i < len(views):
+    n = -1
+    if 0 < len(bufs) <= IOV_MAX:  # the common case: one syscall, no list building
         try:
-            n = os.pwritev(fd, views[i : i + IOV_MAX], offset, flags) if flags else os.pwritev(
-                fd, views[i : i + IOV_MAX], offset
-            )
+            n = os.pwritev(fd, bufs, offset, flags) if flags else os.pwritev(fd, bufs, offset)
         except OSError as exc:
             raise BackstoreError.from_oserror(exc, f"{what}: write at byte {offset}") from None
-        if n == 0:
-            raise BackstoreError(errno.ENOSPC, f"{what}: write at byte {offset}: no progress")
-        offset += n
-        i = _advance(views, i, n)
+        if n == (bufs[0].nbytes if len(bufs) == 1 else total_len(bufs)):
+            return
+    if flags:
+        op: Callable[[Sequence[memoryview], int], int] = lambda b, o: os.pwritev(fd, b, o, flags)
+    else:
+        op = lambda b, o: os.pwritev(fd, b, o)  # noqa: E731
+    stall = _full(op, offset, bufs, f"{what}: write", n)
+    if stall is not None:
+        raise BackstoreError(errno.ENOSPC, f"{what}: write at byte {stall[2]}: no progress")
 
 
 def copy_out(src: memoryview, bufs: Sequence[memoryview]) -> None:

@@ -1,0 +1,142 @@
+"""Real processes for the hardening tests: `vhostscsi serve`, the power-cut FUSE layer, a driver connection.
+
+Nothing is mocked: the daemon is the installed `python -m vhostscsi serve` (or, for the deliberately wrong
+target, the same daemon started through `nosync_serve.py`), the file system is a real FUSE mount.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
+from vhostscsi.config.store import save_config
+from vhostscsi.hostdriver.frontend import FrontEnd
+from vhostscsi.hostdriver.guestram import GuestRam
+from vhostscsi.hostdriver.initiator import ScsiInitiator
+
+HERE = Path(__file__).resolve().parent
+WWN = "naa.5001405deadbe001"
+
+
+def make_config(path: Path, disk: Path, size: int, *, write_back: bool = True, write_protect: bool = False,
+                create: bool = True) -> Path:
+    """A saved configuration: one fileio disk0 on `disk`, one vhost target with it as LUN 0."""
+    cfg = Config()
+    so = new_storage_object("fileio", "disk0", dev=str(disk), size=size, write_back=write_back)
+    cfg.add_storage_object(so)
+    target = new_vhost_target(WWN)
+    target.tpgs[0].add_lun(so, write_protect=write_protect)
+    cfg.add_target(target)
+    if create and not disk.exists():
+        with open(disk, "wb") as f:
+            f.truncate(size)
+    save_config(cfg, path)
+    return path
+
+
+class Daemon:
+    """A running `vhostscsi serve` (or a wrapper script that runs it after patching something)."""
+
+    def __init__(self, workdir: Path, config: Path, *, wrapper: Path | None = None) -> None:
+        self.workdir = workdir
+        self.config = config
+        self.sockdir = workdir / "run"
+        self.log_path = workdir / f"serve-{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "wb")
+        entry = [str(wrapper)] if wrapper else ["-m", "vhostscsi"]
+        self.proc = subprocess.Popen(
+            [sys.executable, *entry, "serve", "--config", str(config), "--socket-dir", str(self.sockdir)],
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def socket(self) -> Path:
+        return self.sockdir / f"{WWN}.sock"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float = 20.0, count: int = 1) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log()
+            if len(re.findall(pattern, text)) >= count:
+                return text
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"daemon log never showed {pattern!r} x{count}:\n{self.log()}")
+
+    def connect(self, *, ram_size: int = 16 << 20, queue_size: int = 64) -> tuple[FrontEnd, GuestRam, ScsiInitiator]:
+        fe = FrontEnd.connect(str(self.socket), timeout=10)
+        ram = GuestRam(ram_size, regions=2)
+        init = ScsiInitiator(fe, ram, queue_size=queue_size)
+        init.start()
+        return fe, ram, init
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self._log.close()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(20)
+        finally:
+            self._log.close()
+
+
+class PowerCutMount:
+    """`powercut_fs.py BACKING MOUNTPOINT` running; `cut()` SIGKILLs it (unsynced writes are lost) and unmounts."""
+
+    def __init__(self, backing: Path, mountpoint: Path) -> None:
+        self.backing = backing
+        self.mountpoint = mountpoint
+        backing.mkdir(parents=True, exist_ok=True)
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "powercut_fs.py"), str(backing), str(mountpoint)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 15
+        while not os.path.ismount(mountpoint):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                err = self.proc.stderr.read().decode() if self.proc.poll() is not None else "timeout"
+                self.cut()
+                raise RuntimeError(f"power-cut FUSE layer did not mount: {err}")
+            time.sleep(0.02)
+
+    def cut(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True)
+
+
+def fuse_available() -> str | None:
+    """None if a FUSE layer can be mounted here, else why not (the reason a test skips)."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if os.geteuid() != 0:
+        return "mounting FUSE without fusermount needs root"
+    try:
+        import mfusepy  # noqa: F401
+    except (ImportError, OSError) as e:
+        return f"mfusepy/libfuse3 unavailable: {e}"
+    return None

@@ -19,6 +19,7 @@ from vhostscsi.engines.kernel.desired import Desired, desired_state
 from vhostscsi.engines.kernel.ledger import DEFAULT_LEDGER, Ledger
 from vhostscsi.engines.kernel.planner import Plan, plan_apply, plan_clear
 
+CHANGE_STATES = ("create", "update", "rebuild", "remove", "renexus")
 MAX_PASSES = 3  # a pass re-reads what LIO shows; the second only corrects predicted defaults
 
 
@@ -87,7 +88,7 @@ def apply(opts: argparse.Namespace, desired: Desired, out: list[str]) -> int:
     if not plan.in_sync:
         raise KernelError("LIO did not take these changes: " + "; ".join(render(plan.ops, opts.configfs)
                                                                        .splitlines()))
-    changes = [line for line in first.status if not line.startswith("ok ")]
+    changes = [line for line in first.status if line.split(" ", 1)[0] in CHANGE_STATES]
     out.append("".join(line + "\n" for line in changes) if changes else "nothing to do: LIO matches the configuration\n")
     return 0
 

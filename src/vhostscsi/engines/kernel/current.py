@@ -104,7 +104,7 @@ def backing(fs: Configfs, device: str) -> dict[str, str]:
     info = fs.read(f"{device}/info") or ""
     facts: dict[str, str] = {}
     for key, pattern in (("status", r"Status: (\S+)"), ("file", r"File: (\S*)"),
-                         ("size", r"Size: (\d+)"), ("mode", r"Mode: (\S+)"),
+                         ("size", r"File: \S*\s+Size: (\d+)"), ("mode", r"Mode: (\S+)"),
                          ("pages", r"RamDisk Pages: (\d+)"), ("readonly", r"readonly: (\d+)")):
         match = re.search(pattern, info)
         if match:

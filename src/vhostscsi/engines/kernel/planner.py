@@ -51,6 +51,7 @@ class Planner:
         self.removed: set[str] = set()  # directories this plan removes
         self.device_path: dict[str, str] = {}  # storage key -> device directory after the plan
         self.rebuild: set[str] = set()  # storage keys whose device is removed and made again
+        self.nexus_dropped: set[str] = set()  # TPG paths whose nexus this plan drops
 
     # -- helpers -------------------------------------------------------------------------------
     def ours(self, rel: str) -> bool:
@@ -84,12 +85,46 @@ class Planner:
             self.remove_lun_dir(mapped)
         self.op("rmdir", acl)
 
-    def remove_tpg(self, tpg: CurrentTpg) -> None:
+    def drop_nexus(self, tpg_path: str) -> None:
+        """End the TPG's I_T nexus: needed before removing the ACL its session uses.
+
+        vhost_scsi cannot close a session, so LIO's removal of that ACL would wait forever for the
+        session to let go of it. The kernel only drops a nexus once the TPG has no LUNs (else
+        EBUSY), and refuses while a guest uses the target, which fails cleanly instead of hanging.
+        """
+        if tpg_path not in self.nexus_dropped and self.fs.read(f"{tpg_path}/nexus"):
+            self.op("write", f"{tpg_path}/nexus", "NULL")
+            self.nexus_dropped.add(tpg_path)
+
+    def remove_all_luns(self, tpg: CurrentTpg) -> None:
+        """Every LUN of a TPG (mapped LUNs first); foreign ones too, as their TPG is going or renamed."""
         for acl in tpg.acls:
-            self.remove_acl(f"{tpg.path}/acls/{acl}")
+            for mapped in self.mapped_luns(f"{tpg.path}/acls/{acl}"):
+                self.remove_lun_dir(mapped)
         for lun in tpg.luns.values():
             self.remove_lun_dir(lun.path)
+
+    def remove_tpg(self, tpg: CurrentTpg) -> None:
+        self.remove_all_luns(tpg)
+        nexus = self.fs.read(f"{tpg.path}/nexus")
+        if nexus and nexus in tpg.acls:
+            self.drop_nexus(tpg.path)
+        for acl in tpg.acls:
+            self.op("rmdir", f"{tpg.path}/acls/{acl}")
         self.op("rmdir", tpg.path)
+
+    def acl_name(self, want: DesiredTpg, existing: CurrentTpg | None) -> str | None:
+        """The nexus ACL to maintain: needed for write protection, and kept once it exists.
+
+        Removing the ACL of a live nexus means taking every LUN offline first (see drop_nexus), so
+        an ACL stays when write protection is switched off; its mapped LUNs then say 0.
+        """
+        if want.nexus is None:
+            return None
+        if want.needs_acl or (existing is not None and want.nexus in existing.acls
+                              and f"{existing.path}/acls/{want.nexus}" not in self.removed):
+            return want.nexus
+        return None
 
     # -- the pass ------------------------------------------------------------------------------
     def run(self, desired: Desired) -> Plan:
@@ -149,14 +184,31 @@ class Planner:
                     self.op("rmdir", target)
 
     def trim_tpg(self, tpg: CurrentTpg, want: DesiredTpg) -> None:
-        """Inside a configured TPG: drop our LUNs and ACLs that are gone or must be rebuilt."""
+        """Inside a configured TPG: drop our LUNs and ACLs that are gone or must be rebuilt.
+
+        A new nexus name needs the old nexus dropped, which needs a TPG without LUNs: the LUNs go
+        and ensure_tpg makes them again around the new nexus.
+        """
         luns = {lun.index: lun for lun in want.luns}
-        acl_name = want.nexus if want.needs_acl else None
+        nexus_now = self.fs.read(f"{tpg.path}/nexus")
+        if want.nexus and nexus_now and nexus_now != want.nexus:
+            if not self.ours(tpg.path) and any(not self.ours(lun.path) for lun in tpg.luns.values()):
+                self.plan.warnings.append(f"{tpg.path} has nexus {nexus_now}, configured {want.nexus}: "
+                                          "changing it needs its LUNs removed, and some are not ours")
+                return
+            self.plan.note("renexus", f"{tpg.path}: nexus {nexus_now} -> {want.nexus} (LUNs re-added)")
+            self.remove_all_luns(tpg)
+            self.drop_nexus(tpg.path)
+            for acl in tpg.acls:
+                if acl != want.nexus and self.ours(f"{tpg.path}/acls/{acl}"):
+                    self.op("rmdir", f"{tpg.path}/acls/{acl}")
+            return
+        keep = self.acl_name(want, tpg)
         for acl in tpg.acls:
             acl_path = f"{tpg.path}/acls/{acl}"
-            if acl != acl_name:
-                if self.ours(acl_path):
-                    self.plan.note("remove", f"{acl_path} (write protection no longer configured)")
+            if acl != keep:
+                if self.ours(acl_path) and acl != nexus_now:  # no session holds it
+                    self.plan.note("remove", f"{acl_path} (not the nexus)")
                     self.remove_acl(acl_path)
                 continue
             for mapped in self.mapped_luns(acl_path):
@@ -283,19 +335,19 @@ class Planner:
                 self.op("write", f"{want.path}/attrib/{name}", str(value))
         for lun in want.luns:
             lun_dir = f"{want.path}/lun/lun_{lun.index}"
-            present = existing is not None and lun.index in existing.luns and lun_dir not in self.removed
-            if present:
-                continue
-            if existing is not None and lun.index in existing.luns and not self.ours(lun_dir):
-                continue  # a foreign LUN in the way: warned in trim_tpg
+            if existing is not None and lun.index in existing.luns and lun_dir not in self.removed:
+                continue  # in place, or someone else's LUN in the way (warned in trim_tpg)
             device = self.device_path.get(lun.storage)
             if device is None:
                 continue  # its device could not be made: warned already
             self.op("mkdir", lun_dir)
             self.op("symlink", f"{lun_dir}/{lun.alias}", device)
-        if want.needs_acl and want.nexus:
-            self.ensure_acl(want, existing)
-        now_nexus = self.fs.read(f"{want.path}/nexus") if existing else None
+        acl = self.acl_name(want, existing)
+        if acl is not None:
+            self.ensure_acl(want, existing, acl)
+        now_nexus = None
+        if existing is not None and want.path not in self.nexus_dropped:
+            now_nexus = self.fs.read(f"{want.path}/nexus")
         if want.nexus is None:
             self.plan.warnings.append(f"{want.path} has no nexus configured: a guest cannot log in")
         elif now_nexus != want.nexus:
@@ -306,9 +358,9 @@ class Planner:
         luns = ", ".join(f"lun_{lun.index}->{lun.storage}" for lun in want.luns) or "no LUNs"
         self.plan.note(state, f"{want.path} nexus {want.nexus} ({luns})")
 
-    def ensure_acl(self, want: DesiredTpg, existing: CurrentTpg | None) -> None:
-        acl = f"{want.path}/acls/{want.nexus}"
-        if existing is None or want.nexus not in existing.acls or acl in self.removed:
+    def ensure_acl(self, want: DesiredTpg, existing: CurrentTpg | None, name: str) -> None:
+        acl = f"{want.path}/acls/{name}"
+        if existing is None or name not in existing.acls or acl in self.removed:
             self.op("mkdir", acl)
         for lun in want.luns:
             mapped = f"{acl}/lun_{lun.index}"

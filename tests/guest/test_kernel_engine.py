@@ -1,0 +1,158 @@
+"""`vhostscsi kernel apply` against the real LIO, in a guest running Debian's generic kernel.
+
+The guest mounts the host's root read-only over 9p and chroots into it, so it runs the host's
+Python and this very checkout; the kernel engine then loads LIO's modules, mounts configfs and
+writes it for real. (The cloud kernel has no 9p; packing Python into an initramfs would be a
+second, divergent install.) The checks are the seed's configfs screens, idempotence, removal of a
+LUN and of a storage object, write protection through the nexus ACL, and that objects made by
+someone else survive `clear`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
+from vhostscsi.config.store import save_config
+from vhostscsi.guestkit import GuestImage, GuestkitError, boot_guest
+
+pytestmark = pytest.mark.guest
+
+WWN = "naa.500140568720f76f"
+NEXUS = "naa.5001405aaaaaaaaa"
+SERIAL = "4a3a2d4b-1234-4c56-9d8e-0123456789ab"
+T = "/sys/kernel/config/target"
+TPG = f"{T}/vhost/{WWN}/tpgt_1"
+
+
+def generic_kernel() -> str:
+    """Debian's linux-image-amd64: the flavour with 9p (the cloud one has none)."""
+    for vmlinuz in sorted(glob.glob("/boot/vmlinuz-*-amd64")):
+        version = os.path.basename(vmlinuz).removeprefix("vmlinuz-")
+        if "cloud" not in version and glob.glob(f"/lib/modules/{version}/kernel/fs/9p/9p.ko*"):
+            return vmlinuz
+    pytest.skip("needs Debian's generic kernel with 9p: apt-get install linux-image-amd64")
+
+
+def write_configs(directory: Path) -> None:
+    cfg = Config()
+    disk = cfg.add_storage_object(new_storage_object(
+        "fileio", "disk0", dev="/run/disk0.img", size=64 << 20, write_back=True, wwn=SERIAL))
+    ram = cfg.add_storage_object(new_storage_object("ramdisk", "rd0", size=16 << 20))
+    target = cfg.add_target(new_vhost_target(WWN))
+    tpg = target.tpgs[0]
+    tpg.nexus_wwn = NEXUS
+    tpg.add_lun(disk).alias = "a08824829b"
+    tpg.add_lun(ram, write_protect=True)
+    save_config(cfg, directory / "two-luns.json")
+    tpg.remove_lun(1)
+    cfg.remove_storage_object(ram.path)
+    save_config(cfg, directory / "one-lun.json")
+
+
+GUEST_SCRIPT = r"""
+set -u
+mkdir -p /mnt
+mount -t 9p -o trans=virtio,version=9p2000.L,ro host /mnt || { echo "9p mount failed"; exit 1; }
+for d in proc sys dev; do mount --bind /$d /mnt/$d; done
+mount -t tmpfs run /mnt/run
+cat > /mnt/run/steps.sh <<'STEPS'
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin PYTHONDONTWRITEBYTECODE=1
+V="@PYTHON@ -m vhostscsi kernel"
+D=@DIR@
+step() { echo "=== $1"; }
+step modules-before; ls /sys/module | grep -E '^(target_core_mod|target_core_file|vhost_scsi)$' || true
+step foreign
+modprobe target_core_mod; mount -t configfs configfs /sys/kernel/config
+mkdir -p @T@/core/rd_mcp_7/foreign && printf rd_pages=16 > @T@/core/rd_mcp_7/foreign/control && printf 1 > @T@/core/rd_mcp_7/foreign/enable && echo made
+step apply1; timeout 300 $V apply --config $D/two-luns.json; echo "rc=$?"
+step modules-after; ls /sys/module | grep -E '^(target_core_mod|target_core_file|vhost_scsi)$'
+step ls-vhost; ls -C -T0 @T@/vhost/
+step ls-lun0; ls -l @TPG@/lun/lun_0/ | sed 1d | awk '{print $1, $9, $10, $11}'
+step info; cat @TPG@/lun/lun_0/a08824829b/info
+step serial; cat @T@/core/fileio_0/disk0/wwn/vpd_unit_serial
+step model-alias; cat @T@/core/fileio_0/disk0/attrib/emulate_model_alias
+step write-cache; cat @T@/core/fileio_0/disk0/attrib/emulate_write_cache
+step nexus; cat @TPG@/nexus
+step wp; cat @TPG@/acls/@NEXUS@/lun_0/write_protect @TPG@/acls/@NEXUS@/lun_1/write_protect
+step apply2; $V apply --config $D/two-luns.json; echo "rc=$?"
+step dry2; $V apply --dry-run --config $D/two-luns.json; echo "rc=$?"
+step status2; $V status --config $D/two-luns.json; echo "rc=$?"
+step apply3; $V apply --config $D/one-lun.json; echo "rc=$?"
+step luns3; ls @TPG@/lun/
+step core3; ls @T@/core/
+step apply4; $V apply --config $D/one-lun.json; echo "rc=$?"
+step clear; $V clear; echo "rc=$?"
+step ls-vhost-after-clear; ls -C -T0 @T@/vhost/
+step core-after-clear; ls @T@/core/
+step end
+STEPS
+chroot /mnt /bin/sh /run/steps.sh 2>&1
+"""
+
+
+def sections(console: str) -> dict[str, str]:
+    """Split the console at the "=== name" markers the guest printed."""
+    found: dict[str, str] = {}
+    parts = re.split(r"^=== (\S+)\r?$", console.replace("\r\n", "\n"), flags=re.M)
+    for name, body in zip(parts[1::2], parts[2::2]):
+        found[name] = body.strip("\n")
+    return found
+
+
+def test_kernel_apply_in_a_real_lio(tmp_path: Path) -> None:
+    kernel = generic_kernel()
+    write_configs(tmp_path)
+    script = (GUEST_SCRIPT.replace("@PYTHON@", sys.executable).replace("@DIR@", str(tmp_path))
+              .replace("@TPG@", TPG).replace("@T@", T).replace("@NEXUS@", NEXUS))
+    try:
+        img = GuestImage.build(None, modules=["virtio_pci", "9pnet_virtio", "9p"], init_script=script,
+                               kernel=kernel)
+    except GuestkitError as exc:
+        pytest.skip(str(exc))
+    console = boot_guest(img, qemu_args=[
+        "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
+    ], timeout=420)
+    s = sections(console)
+    assert "end" in s, console[-3000:]
+
+    assert s["modules-before"] == ""  # the engine itself loads LIO
+    assert s["foreign"].endswith("made")
+    assert s["apply1"].endswith("rc=0"), s["apply1"]
+    assert s["modules-after"].split() == ["target_core_file", "target_core_mod", "vhost_scsi"]
+    assert s["ls-vhost"] == f"discovery_auth  {WWN}  version"
+    assert s["ls-lun0"].splitlines() == [
+        "lrwxrwxrwx a08824829b -> ../../../../../../target/core/fileio_0/disk0",
+        "-rw-r--r-- alua_tg_pt_gp  ",
+        "-rw-r--r-- alua_tg_pt_offline  ",
+        "-rw-r--r-- alua_tg_pt_status  ",
+        "-rw-r--r-- alua_tg_pt_write_md  ",
+        "drwxr-xr-x statistics  ",
+    ]
+    assert s["info"].startswith("Status: ACTIVATED  Max Queue Depth: 0  SectorSize: 512"), s["info"]
+    assert "File: /run/disk0.img  Size: 67108864  Mode: Buffered-WCE" in s["info"]
+    assert s["serial"] == f"T10 VPD Unit Serial Number: {SERIAL}"
+    assert s["model-alias"] == "1" and s["write-cache"] == "1"
+    assert s["nexus"] == NEXUS
+    assert s["wp"].split() == ["0", "1"]
+
+    assert s["apply2"] == "nothing to do: LIO matches the configuration\nrc=0"
+    assert s["dry2"] == "rc=0"  # an empty plan
+    assert s["status2"].endswith("in sync\nrc=0"), s["status2"]
+
+    assert s["apply3"].endswith("rc=0"), s["apply3"]
+    assert "remove    vhost/naa.500140568720f76f/tpgt_1/lun/lun_1 (no longer configured)" in s["apply3"]
+    assert "remove    core/rd_mcp_0/rd0 (no longer configured)" in s["apply3"]
+    assert s["luns3"].split() == ["lun_0"]
+    assert s["core3"].split() == ["alua", "fileio_0", "rd_mcp_7"]
+    assert s["apply4"] == "nothing to do: LIO matches the configuration\nrc=0"
+
+    assert s["clear"].endswith("rc=0"), s["clear"]
+    assert s["ls-vhost-after-clear"] == "discovery_auth  version"
+    assert s["core-after-clear"].split() == ["alua", "rd_mcp_7"]  # someone else's device stays

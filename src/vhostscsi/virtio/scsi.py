@@ -81,8 +81,16 @@ DEFAULT_NEXUS = "vhost-user"
 
 
 def lun_bytes(target: int, lun: int) -> bytes:
-    """The 8-byte virtio-scsi LUN field for (target id, LUN), as the Linux driver and vhost-scsi build it."""
+    """The 8-byte LUN field of a request for (target id, LUN), as the Linux driver builds it (always flat
+    addressing, 0x40 in byte 2); the device reads the LUN back as bytes 2-3 & 0x3fff."""
     return bytes((1, target & 0xFF, 0x40 | ((lun >> 8) & 0x3F), lun & 0xFF, 0, 0, 0, 0))
+
+
+def event_lun_bytes(target: int, lun: int) -> bytes:
+    """The LUN field of an event, as the kernel's vhost-scsi fills it: peripheral addressing (byte 2 zero) below
+    256, flat above. Linux's driver takes bytes 2-3 verbatim as the LUN number of the device to rescan, so a
+    flat-addressed LUN 0 in an event names "LUN 16384" and the event is lost ("SCSI device ... not found")."""
+    return bytes((1, target & 0xFF, (0x40 | (lun >> 8)) if lun >= 256 else 0, lun & 0xFF, 0, 0, 0, 0))
 
 
 def _gather(views: Sequence[memoryview], n: int) -> bytes | None:
@@ -312,7 +320,7 @@ class VirtioScsi:
         if len(self.pending_events) >= self.max_pending_events:
             self.pending_events.popleft()
             self.events_missed = True
-        self.pending_events.append(_EVENT.pack(event, lun_bytes(target, lun), reason))
+        self.pending_events.append(_EVENT.pack(event, event_lun_bytes(target, lun), reason))
         vq = self.queues[EVENT_QUEUE]
         return self._deliver_events(vq) if vq is not None else 0
 

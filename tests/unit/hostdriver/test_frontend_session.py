@@ -87,8 +87,8 @@ def test_hotplug_events_reach_the_driver(harness_factory) -> None:
     while len(got) < 2:
         got += h.init.wait_any(1, timeout=5) or pytest.fail("no event arrived")
     assert [u.length for u in got] == [16, 16]
-    assert h.init.read_event(gpas[0]) == (vs.T_TRANSPORT_RESET, vs.lun_bytes(1, 4), vs.EVT_RESET_RESCAN)
-    assert h.init.read_event(gpas[1]) == (vs.T_PARAM_CHANGE, vs.lun_bytes(1, 4), 0x092A)
+    assert h.init.read_event(gpas[0]) == (vs.T_TRANSPORT_RESET, vs.event_lun_bytes(1, 4), vs.EVT_RESET_RESCAN)
+    assert h.init.read_event(gpas[1]) == (vs.T_PARAM_CHANGE, vs.event_lun_bytes(1, 4), 0x092A)
 
 
 def test_inflight_fd_handed_over_socket(harness_factory) -> None:

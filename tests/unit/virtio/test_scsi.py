@@ -122,6 +122,10 @@ def rig():
 def test_lun_field_layout() -> None:
     assert lun_bytes(1, 0) == bytes.fromhex("0101400000000000")
     assert lun_bytes(2, 0x123) == bytes.fromhex("0102412300000000")
+    # events as the kernel's vhost-scsi sends them: peripheral addressing below 256 (what Linux looks up)
+    assert vs.event_lun_bytes(1, 0) == bytes.fromhex("0101000000000000")
+    assert vs.event_lun_bytes(1, 255) == bytes.fromhex("010100ff00000000")
+    assert vs.event_lun_bytes(3, 300) == bytes.fromhex("0103412c00000000")
 
 
 def test_read_goes_straight_into_guest_buffers(rig: Rig) -> None:
@@ -238,9 +242,9 @@ def test_events_hotplug_unplug_resize(rig: Rig) -> None:
     assert rig.dev.capacity_changed(1, 0) == 1
     evs = [struct.unpack("<I8sI", rig.ram.read(*b)) for b in bufs]
     assert evs == [
-        (vs.T_TRANSPORT_RESET, lun_bytes(1, 2), vs.EVT_RESET_RESCAN),
-        (vs.T_TRANSPORT_RESET, lun_bytes(1, 2), vs.EVT_RESET_REMOVED),
-        (vs.T_PARAM_CHANGE, lun_bytes(1, 0), 0x092A),
+        (vs.T_TRANSPORT_RESET, vs.event_lun_bytes(1, 2), vs.EVT_RESET_RESCAN),
+        (vs.T_TRANSPORT_RESET, vs.event_lun_bytes(1, 2), vs.EVT_RESET_REMOVED),
+        (vs.T_PARAM_CHANGE, vs.event_lun_bytes(1, 0), 0x092A),
     ]
     assert [u.length for u in rig.rings[1].get_used()] == [16, 16, 16]
 
@@ -257,8 +261,8 @@ def test_events_wait_for_buffers_and_overflow_sets_missed() -> None:
     assert rig.dev.process(1) == 2
     first = struct.unpack("<I8sI", rig.ram.read(*b[0]))
     second = struct.unpack("<I8sI", rig.ram.read(*b[1]))
-    assert first == (vs.T_TRANSPORT_RESET | vs.T_EVENTS_MISSED, lun_bytes(1, 1), vs.EVT_RESET_RESCAN)
-    assert second == (vs.T_TRANSPORT_RESET, lun_bytes(1, 2), vs.EVT_RESET_RESCAN)
+    assert first == (vs.T_TRANSPORT_RESET | vs.T_EVENTS_MISSED, vs.event_lun_bytes(1, 1), vs.EVT_RESET_RESCAN)
+    assert second == (vs.T_TRANSPORT_RESET, vs.event_lun_bytes(1, 2), vs.EVT_RESET_RESCAN)
 
 
 def test_many_requests_one_wakeup_and_notification(rig: Rig) -> None:

@@ -56,10 +56,10 @@ class FileIOBackstore(FdBackstore):
         except OSError as exc:
             os.close(fd)
             raise BackstoreError.from_oserror(exc, f"{name}: cannot inspect {path}") from None
-        if self.is_blockdev:
+        # Without a configured size the LUN follows the file (and refresh_size re-reads it).
+        self.follows_file = self.is_blockdev or size <= 0
+        if self.follows_file:
             # LIO's fileio on a block device uses the device's size, whatever was asked.
-            size = real
-        elif size <= 0:
             size = real
         if size <= 0:
             os.close(fd)
@@ -112,11 +112,12 @@ class FileIOBackstore(FdBackstore):
             os.fdatasync(self.fd)
 
     def refresh_size(self) -> int:
-        """A block device's size follows the device; a file keeps its configured size."""
+        """Re-read the size of a block device, or of a file opened without a configured size;
+        a configured size (fd_dev_size) stays as configured, as in LIO."""
         self._check_open()
-        if self.is_blockdev:
+        if self.follows_file:
             try:
-                self.size = linux.blk_size(self.fd)
+                self.size = linux.blk_size(self.fd) if self.is_blockdev else os.fstat(self.fd).st_size
             except OSError as exc:
                 raise BackstoreError.from_oserror(exc, self._io("size")) from None
         return self.size

@@ -148,3 +148,15 @@ def test_full_filesystem_reports_enospc(tmp_path: Path) -> None:
             assert info.value.errno == errno.ENOSPC
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_refresh_size_follows_an_unsized_file_only(tmp_path: Path) -> None:
+    grown, fixed = tmp_path / "grown.img", tmp_path / "fixed.img"
+    grown.write_bytes(bytes(4096))
+    fixed.write_bytes(bytes(4096))
+    with FileIOBackstore("g", str(grown)) as g, FileIOBackstore("f", str(fixed), size=8192) as f:
+        os.truncate(grown, 3 * MiB)
+        os.truncate(fixed, 3 * MiB)
+        assert (g.size, f.size) == (4096, 8192)
+        assert (g.refresh_size(), f.refresh_size()) == (3 * MiB, 8192)
+        assert g.size == 3 * MiB

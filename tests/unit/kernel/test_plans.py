@@ -76,6 +76,21 @@ printf '%s' naa.5001405aaaaaaaaa > R/vhost/naa.500140568720f76f/tpgt_1/nexus
 """
 
 
+# Every LUN of the applied TPG offline (mapped LUNs first), then its nexus and the nexus ACL.
+OFFLINE_ALL = f"""\
+rm R/{TPG}/acls/{NEXUS}/lun_0/a08824829b
+rmdir R/{TPG}/acls/{NEXUS}/lun_0
+rm R/{TPG}/acls/{NEXUS}/lun_1/b08824829b
+rmdir R/{TPG}/acls/{NEXUS}/lun_1
+rm R/{TPG}/lun/lun_0/a08824829b
+rmdir R/{TPG}/lun/lun_0
+rm R/{TPG}/lun/lun_1/b08824829b
+rmdir R/{TPG}/lun/lun_1
+printf '%s' NULL > R/{TPG}/nexus
+rmdir R/{TPG}/acls/{NEXUS}
+"""
+
+
 def plan_text(root: Path, cfg, ledger: Ledger) -> str:  # type: ignore[no-untyped-def]
     plan = plan_apply(desired_state(cfg), Configfs(root), ledger)
     return render(plan.ops, Path("R"))
@@ -117,17 +132,7 @@ rmdir R/core/rd_mcp_0
 def test_clear_removes_ours_in_dependency_order(tmp_path: Path) -> None:
     plan = plan_clear(Configfs(applied_lio(tmp_path)), all_ours())
     assert render(plan.ops, Path("R")) == f"""\
-rm R/{TPG}/acls/{NEXUS}/lun_0/a08824829b
-rmdir R/{TPG}/acls/{NEXUS}/lun_0
-rm R/{TPG}/acls/{NEXUS}/lun_1/b08824829b
-rmdir R/{TPG}/acls/{NEXUS}/lun_1
-rm R/{TPG}/lun/lun_0/a08824829b
-rmdir R/{TPG}/lun/lun_0
-rm R/{TPG}/lun/lun_1/b08824829b
-rmdir R/{TPG}/lun/lun_1
-printf '%s' NULL > R/{TPG}/nexus
-rmdir R/{TPG}/acls/{NEXUS}
-rmdir R/{TPG}
+{OFFLINE_ALL}rmdir R/{TPG}
 rmdir R/vhost/{WWN}
 rmdir R/core/fileio_0/disk0
 rmdir R/core/fileio_0
@@ -223,17 +228,7 @@ def test_new_nexus_takes_the_luns_offline_and_back(tmp_path: Path) -> None:
         lun.write_protect = False
     cfg.targets[0].tpgs[0].nexus_wwn = "naa.5001405ccccccccc"
     assert plan_text(applied_lio(tmp_path), cfg, all_ours()) == f"""\
-rm R/{TPG}/acls/{NEXUS}/lun_0/a08824829b
-rmdir R/{TPG}/acls/{NEXUS}/lun_0
-rm R/{TPG}/acls/{NEXUS}/lun_1/b08824829b
-rmdir R/{TPG}/acls/{NEXUS}/lun_1
-rm R/{TPG}/lun/lun_0/a08824829b
-rmdir R/{TPG}/lun/lun_0
-rm R/{TPG}/lun/lun_1/b08824829b
-rmdir R/{TPG}/lun/lun_1
-printf '%s' NULL > R/{TPG}/nexus
-rmdir R/{TPG}/acls/{NEXUS}
-mkdir R/{TPG}/lun/lun_0
+{OFFLINE_ALL}mkdir R/{TPG}/lun/lun_0
 ln -s R/core/fileio_0/disk0 R/{TPG}/lun/lun_0/a08824829b
 mkdir R/{TPG}/lun/lun_1
 ln -s R/core/rd_mcp_0/rd0 R/{TPG}/lun/lun_1/b08824829b

@@ -66,6 +66,7 @@ class Device:
         plugin: str | None = None,
         vendor: str = VENDOR,
         revision: str = REVISION,
+        report_opcodes: bool = False,
     ) -> None:
         from vhostscsi.scsi.pr import PrState
 
@@ -91,6 +92,9 @@ class Device:
         self.write_cache = bool(write_back)
         # target_check_fua(): DPO/FUA are offered only with a write-back cache.
         self.fua_ok = self.write_cache and attrs.get("emulate_fua_write", 1) > 0
+        # REPORT SUPPORTED OPERATION CODES arrived in LIO 6.3; 6.1 (the reference kernel)
+        # answers INVALID COMMAND OPERATION CODE, so it is off unless asked for.
+        self.report_opcodes = report_opcodes
         self.caw_lock = threading.Lock()
         self._exports: list[int] = []  # relative port ids of the (port, LUN) exports
         self.pr: PrState = PrState()

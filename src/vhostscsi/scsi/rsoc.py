@@ -1,5 +1,8 @@
 """REPORT SUPPORTED OPERATION CODES, from a table shaped like LIO's tcm_supported_opcodes.
 
+LIO has it from 6.3 on; the 6.1 reference answers INVALID COMMAND OPERATION CODE, so a Device
+offers it only when built with ``report_opcodes=True``.
+
 Only commands this core implements are listed, and those a device's attributes switch off
 (COMPARE AND WRITE, UNMAP, persistent reservations) are left out, as newer LIO does with its
 per-descriptor `enabled` hooks: a guest that trusts the report never gets INVALID OPCODE.

@@ -56,24 +56,31 @@ def _do_read(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryvie
         return Reason.ADDRESS_OUT_OF_RANGE
     if dout:
         return Reason.INVALID_FIELD_IN_COMMAND_IU  # a READ carrying data-out
+    size = n * dev.block_size
+    if not din:
+        have = 0
+    elif len(din) == 1:
+        have = din[0].nbytes
+    else:
+        have = total(din)
+    if have < size:
+        # overflow: LIO 6.1 refuses a READ whose buffers are shorter than the transfer
+        return Reason.INVALID_CDB_FIELD
     if lun.ua or dev.pr.active:
         gate = port.gate(lun, nexus, cdb, dout, din)
         if gate is not None:
             return gate
-    size = n * dev.block_size
-    if not din or not size:
+    if not size:
         return GOOD
-    if len(din) == 1:
-        have = din[0].nbytes
-    else:
-        have = total(din)
     if have == size:
         bufs = din
-    elif have > size:
-        bufs = clip(din, size)  # underflow: the guest offered more than the CDB asks
+    elif dev.plugin == "fileio":
+        # underflow: LIO's fileio reads into the whole scatterlist, gets more bytes than the
+        # command's length and fails it (fd_do_rw -> -EINVAL); the other backends read the
+        # command's length and leave the rest of the buffers alone.
+        return Reason.LOGICAL_UNIT_COMMUNICATION_FAILURE
     else:
-        bufs = din  # overflow: LIO keeps the fabric's shorter length
-        size = have
+        bufs = clip(din, size)
     try:
         dev.backstore.readv(lba * dev.block_size, bufs)
     except OSError as exc:

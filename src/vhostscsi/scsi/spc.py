@@ -69,6 +69,9 @@ def _request_sense(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | mem
         return stop
     if cdb[1] & 0x01:
         return Reason.INVALID_CDB_FIELD  # DESC: LIO does not emulate it
+    if not din or not min(alloc, total(din)):
+        # LIO maps the data buffer before anything else; with none it fails the command
+        return Reason.LOGICAL_UNIT_COMMUNICATION_FAILURE
     dev = lun.dev
     pending = ua_mod.take(lun, nexus, dev.attrs.get("emulate_ua_intlck_ctrl", 0)) if lun.ua else None
     if pending is not None:
@@ -154,7 +157,8 @@ def _mode_select(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memor
 def _maintenance_in(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryview,
                     dout: Bufs, din: Bufs) -> ScsiResult:
     sa = cdb[1] & 0x1F
-    if sa not in (op.MI_REPORT_TARGET_PGS, op.MI_REPORT_SUPPORTED_OPERATION_CODES):
+    if sa != op.MI_REPORT_TARGET_PGS and not (
+            sa == op.MI_REPORT_SUPPORTED_OPERATION_CODES and lun.dev.report_opcodes):
         return Reason.UNSUPPORTED_SCSI_OPCODE
     alloc = _U32(cdb, 6)[0]
     stop = admit(port, lun, nexus, cdb, dout, din, alloc)

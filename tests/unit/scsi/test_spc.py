@@ -18,6 +18,7 @@ def test_request_sense_without_pending_condition_is_no_sense() -> None:
     a = run(p, [0x03, 0, 0, 0, 18, 0], alloc=18)
     assert a.status == 0 and a.data == bytes([0x70, 0, 0, 0, 0, 0, 0, 10]) + bytes(10)
     assert run(p, [0x03, 1, 0, 0, 18, 0], alloc=18).key_asc == (5, 0x24, 0)
+    assert run(p, [0x03, 0, 0, 0, 0, 0], alloc=18).key_asc == (2, 0x08, 0)  # no buffer to map
     big = run(p, [0x03, 0, 0, 0, 252, 0], alloc=252)
     assert big.result.data_in_len == 252 and big.data[18:] == bytes(234)
 
@@ -93,8 +94,12 @@ def test_mode_select_accepts_only_current_values() -> None:
     assert run(p, [0x15, 0x10, 0, 0, 0, 0]).status == 0
 
 
-def test_report_supported_operation_codes() -> None:
-    p = port_with(ramdisk())
+def test_report_supported_operation_codes_as_lio_6_1_and_6_3() -> None:
+    old = port_with(ramdisk())  # LIO 6.1: not implemented
+    assert run(old, [0xA3, 0x0C, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], alloc=4096).key_asc == (5, 0x20, 0)
+    dev = ramdisk()
+    dev.report_opcodes = True
+    p = port_with(dev)
     a = run(p, [0xA3, 0x0C, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], alloc=4096)
     assert a.status == 0
     n = (len(a.data) - 4) // 8

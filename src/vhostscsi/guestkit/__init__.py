@@ -12,6 +12,7 @@ from vhostscsi.guestkit.boot import (
 )
 from vhostscsi.guestkit.binaries import GNU_DD, sg3_utils
 from vhostscsi.guestkit.image import GuestImage, default_cache_dir
+from vhostscsi.guestkit.qmp import Qmp, qmp_args
 from vhostscsi.guestkit.kernel import GuestkitError, Kernel, find_kernel, resolve_modules
 from vhostscsi.guestkit.snippets import (
     EXIT_MARKER,
@@ -36,6 +37,7 @@ __all__ = [
     "LOAD_MODULES",
     "MOUNTS",
     "POWEROFF",
+    "Qmp",
     "VIRTIO_SCSI_MODULES",
     "boot_guest",
     "default_cache_dir",
@@ -43,6 +45,7 @@ __all__ = [
     "prelude",
     "qemu_binary",
     "qemu_command",
+    "qmp_args",
     "resolve_modules",
     "sg3_utils",
     "shared_memory_args",

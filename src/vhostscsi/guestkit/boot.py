@@ -15,10 +15,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from vhostscsi.guestkit.image import GuestImage
 from vhostscsi.guestkit.kernel import GuestkitError
 from vhostscsi.guestkit.snippets import EXIT_MARKER
+
+if TYPE_CHECKING:
+    from vhostscsi.guestkit.qmp import Qmp
 
 __all__ = [
     "DEFAULT_APPEND",
@@ -74,7 +78,15 @@ class Guest:
         self.workdir = workdir
         self.console_path = workdir / "console.txt"
         self.qemu_log = workdir / "qemu.log"
+        #: QEMU's QMP socket (start_guest adds it): see qmp()
+        self.qmp_path = workdir / "qmp.sock"
         self._tmp = tmp
+
+    def qmp(self, timeout: float = 10.0) -> "Qmp":
+        """A QMP session to this guest's QEMU (close it, or use it as a context manager)."""
+        from vhostscsi.guestkit.qmp import Qmp
+
+        return Qmp(self.qmp_path, timeout)
 
     def console(self) -> str:
         """Everything the guest printed so far (CRs removed)."""
@@ -204,7 +216,13 @@ def start_guest(
     wd.mkdir(parents=True, exist_ok=True)
     console = wd / "console.txt"
     console.write_bytes(b"")
-    cmd = qemu_command(img, console, qemu_args, memory_mb=memory_mb, append=append, qemu=qemu)
+    from vhostscsi.guestkit.qmp import qmp_args
+
+    qmp_sock = wd / "qmp.sock"
+    qmp_sock.unlink(missing_ok=True)
+    if len(str(qmp_sock)) > 100:  # sun_path holds 108 bytes: QEMU would refuse to start
+        raise GuestkitError(f"work directory path too long for a unix socket: {wd}")
+    cmd = qemu_command(img, console, [*qmp_args(qmp_sock), *qemu_args], memory_mb=memory_mb, append=append, qemu=qemu)
     with open(wd / "qemu.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     return Guest(proc, wd, tmp)

@@ -29,8 +29,11 @@ def image() -> GuestImage:
             extra_binaries=["/usr/bin/lsscsi", "/usr/bin/sg_inq"],
             modules=VIRTIO_SCSI_MODULES,
             init_script=(
-                "if [ -f /proc/cmdline ] && grep -q live=1 /proc/cmdline; then\n"
-                "  echo READY; while :; do sleep 1; done\n"
+                "if grep -q live=1 /proc/cmdline; then\n"
+                "  echo READY\n"
+                "  while [ ! -e /sys/block/sda ]; do sleep 0.2; done\n"
+                "  echo HOTPLUG-SEEN $(cat /sys/block/sda/device/model)\n"
+                "  while :; do sleep 1; done\n"
                 "fi\n"
                 "/usr/bin/lsscsi -g\n"
                 "sg_inq -p 0x80 /dev/sg0\n"
@@ -58,13 +61,30 @@ def test_qemu_scsi_hd_shows_up_in_guest(image: GuestImage, tmp_path: Path) -> No
     assert "GUESTKIT-EXIT 7" in out
 
 
-def test_live_guest_wait_for_and_kill(image: GuestImage, tmp_path: Path) -> None:
-    with start_guest(image, append="console=ttyS0 quiet loglevel=0 panic=-1 live=1", workdir=tmp_path) as g:
+def test_live_guest_hotplug_through_qmp_then_kill(image: GuestImage, tmp_path: Path) -> None:
+    """Act on the host while the guest runs: hot-add QEMU's own disk, see the guest notice it."""
+    disk = tmp_path / "hot.img"
+    disk.write_bytes(b"\0" * (4 << 20))
+    with start_guest(
+        image,
+        ["-device", "virtio-scsi-pci,id=s0"],
+        append="console=ttyS0 quiet loglevel=0 panic=-1 live=1",
+        workdir=tmp_path,
+    ) as g:
         text = g.wait_for("READY", timeout=120)
-        assert "READY" in text and g.proc.poll() is None
+        assert "HOTPLUG" not in text and g.proc.poll() is None
+        with g.qmp() as qmp:
+            qmp.execute(
+                "blockdev-add", driver="raw", **{"node-name": "hot0"},
+                file={"driver": "file", "filename": str(disk)},
+            )
+            qmp.execute("device_add", driver="scsi-hd", drive="hot0", bus="s0.0", id="hd1")
+            with pytest.raises(GuestError, match="DeviceNotFound|not found|No bus"):
+                qmp.execute("device_add", driver="scsi-hd", drive="hot0", bus="nosuchbus.0")
+        text = g.wait_for(re.compile(r"HOTPLUG-SEEN QEMU HARDDISK"), timeout=60)
         with pytest.raises(GuestError, match="did not print 'NEVER'") as info:
             g.wait_for("NEVER", timeout=1)
-        assert "READY" in info.value.console
+        assert "HOTPLUG-SEEN" in info.value.console
         g.kill()
         assert g.proc.poll() is not None
     assert (tmp_path / "console.txt").read_text().count("READY") == 1

@@ -416,3 +416,70 @@ def test_grown_block_device_is_announced_to_the_guest(tmp_path: Path, loop_devic
         assert s.stop() == 0
     finally:
         s.kill()
+
+
+def test_random_vhost_user_messages_never_kill_the_daemon(served: Served) -> None:
+    """Random requests, payloads and fds (eventfds, memfds, pipes, a regular file) from a hostile front end."""
+    import random
+
+    from vhostscsi.vhost_user.codec import Message
+    from vhostscsi.vhost_user.protocol import FLAG_NEED_REPLY, VERSION
+
+    rnd = random.Random(1234)
+    pid = served.proc.pid
+    baseline_fds = len(os.listdir(f"/proc/{pid}/fd"))
+    regular = open(served.tmp / "junk", "wb+")
+    fe = FrontEnd.connect(str(served.socket), timeout=2)
+    sent = drops = 0
+    for i in range(400):
+        fds: list[int] = []
+        for _ in range(rnd.choice([0, 0, 0, 1, 1, 2])):
+            kind = rnd.choice(["eventfd", "memfd", "pipe", "file"])
+            if kind == "eventfd":
+                fds.append(os.eventfd(0, os.EFD_NONBLOCK))
+            elif kind == "memfd":
+                m = os.memfd_create("fuzz")
+                os.ftruncate(m, rnd.choice([0, 4096, 1 << 20]))
+                fds.append(m)
+            elif kind == "pipe":
+                r, w = os.pipe()
+                os.close(w)  # a kick "eventfd" at EOF forever
+                fds.append(r)
+            else:
+                fds.append(os.dup(regular.fileno()))
+        payload = bytes(rnd.getrandbits(8) for _ in range(rnd.choice([0, 4, 8, 12, 40, 168, rnd.randrange(64)])))
+        if rnd.random() < 0.5:  # plausible small values: ring indexes, sizes, flags
+            payload = struct.pack("<II", rnd.randrange(20), rnd.choice([0, 1, 64, 256, 0x100 | rnd.randrange(4)]))
+        flags = VERSION | (FLAG_NEED_REPLY if rnd.random() < 0.5 else 0)
+        try:
+            fe.send(Message(rnd.randrange(45), flags, payload, tuple(fds)))
+            sent += 1
+            while True:  # drain whatever replies came back
+                try:
+                    fe.recv(timeout=0.01)
+                except FrontEndError as e:
+                    if "closed" in str(e):
+                        raise OSError("dropped") from None
+                    break
+        except OSError:
+            drops += 1
+            fe.close()
+            fe = FrontEnd.connect(str(served.socket), timeout=2)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        assert served.proc.poll() is None, f"daemon died after message {i}:\n{served.log()}"
+    fe.close()
+    regular.close()
+    assert sent > 300
+    fe, ram, init = served.connect()
+    assert init.command(INQUIRY, data_in_len=96).status == 0
+    fe.close()
+    ram.close()
+    served.wait_log(r"disconnected", count=1)
+    deadline = time.monotonic() + 5
+    while len(os.listdir(f"/proc/{pid}/fd")) > baseline_fds and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    assert len(left) <= baseline_fds, f"fds leaked by the fuzzed connections: {left}"
+    assert "Traceback" not in served.log(), served.log()

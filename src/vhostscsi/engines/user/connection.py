@@ -67,6 +67,29 @@ class _VirtioScsi(VirtioScsi):
         return self._deliver_events(vq) if vq is not None else 0
 
 
+def _identity(fd: int) -> tuple[int, int] | None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _close_unclaimed(arrived: dict[int, tuple[int, int] | None], actions: object) -> None:
+    """Close fds that came with a message and that the session neither handed over nor closed itself.
+
+    The session promises to close every fd it does not hand over; this is the net under that promise (a
+    SET_VRING_KICK with a short payload used to leave its fd open), so that a hostile front end cannot make
+    the daemon run out of fds. An fd still open with the same inode is the one that arrived: nothing else
+    can have reused its number while the session ran.
+    """
+    claimed = {getattr(a, "fd", None) for a in actions}  # type: ignore[attr-defined]
+    for fd, ident in arrived.items():
+        if fd not in claimed and ident is not None and _identity(fd) == ident:
+            log.debug("closing fd %d the session left open", fd)
+            os.close(fd)
+
+
 class Connection:
     """Serves one accepted socket until the peer hangs up or the daemon stops."""
 
@@ -99,6 +122,13 @@ class Connection:
     # ---- control socket ---------------------------------------------------------------------------------------
     def _on_readable(self) -> None:
         try:
+            self._read_messages()
+        except Exception:  # a bug below us must cost this guest its connection, not every guest the daemon
+            log.exception("%s: internal error handling %s; dropping the connection", self.label, self.peer)
+            self.close("dropped after an internal error")
+
+    def _read_messages(self) -> None:
+        try:
             data, fds, _flags, _addr = socket.recv_fds(self.sock, RECV_SIZE, MAX_FDS, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return
@@ -126,11 +156,14 @@ class Connection:
 
     def _handle(self, msg: Message) -> None:
         log.debug("%s: <- %s %s", self.label, msg.name(), msg.payload.hex())
+        arrived = {fd: _identity(fd) for fd in msg.fds}
         try:
             response = self.session.handle(msg)
         except ProtocolError as e:
+            _close_unclaimed(arrived, ())
             self.close(f"protocol error: {e}")
             return
+        _close_unclaimed(arrived, response.actions)
         self._apply(response.actions)
         for reply in response.replies:
             try:
@@ -174,9 +207,15 @@ class Connection:
             self.loop.remove_reader(old)
             os.close(old)
         if fd is not None:
-            os.set_blocking(fd, False)
             ring = self.rings[index]
-            self.loop.add_reader(fd, lambda: self._on_kick(ring), PRIO_DATA)
+            try:
+                os.set_blocking(fd, False)
+                self.loop.add_reader(fd, lambda: self._on_kick(ring), PRIO_DATA)
+            except OSError as e:  # e.g. a regular file: epoll refuses it
+                log.warning("%s: kick fd of ring %d cannot be watched (%s); ring not served",
+                            self.label, index, e.strerror or e)
+                ring.set_kick(None)
+                os.close(fd)
 
     def _ring_started(self, a: RingStarted) -> None:
         ring = self.rings[a.index]
@@ -213,9 +252,18 @@ class Connection:
     def _on_kick(self, ring: RingIO) -> None:
         if ring.kick is None:
             return
-        drain_eventfd(ring.kick)
+        if drain_eventfd(ring.kick) < 0:
+            log.warning("%s: kick fd of ring %d is not an eventfd; no longer watched", self.label, ring.index)
+            self.loop.remove_reader(ring.kick)
+            os.close(ring.kick)
+            ring.set_kick(None)
+            return
         if ring.started:
-            ring.serve(self.device)
+            try:
+                ring.serve(self.device)
+            except Exception:
+                log.exception("%s: internal error serving ring %d; dropping the connection", self.label, ring.index)
+                self.close("dropped after an internal error")
 
     def drain(self) -> int:
         """Serve whatever the guest has queued on every running ring (shutdown: nothing left behind)."""

@@ -100,7 +100,10 @@ class Daemon:
             return
         self.watch.mark_applied(stamp)
         log.info("re-reading configuration: %s", reason)
-        self.apply(cfg)
+        try:
+            self.apply(cfg)
+        except Exception:  # a bug must not take down the guests already served
+            log.exception("configuration only partly applied (%s)", reason)
 
     def apply(self, cfg: Config) -> None:
         """Move from what is served to what ``cfg`` says; whatever fails is logged and left out."""

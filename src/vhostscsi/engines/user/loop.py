@@ -159,8 +159,12 @@ class EventLoop:
 
 
 def drain_eventfd(fd: int) -> int:
-    """Read an eventfd's counter (non-blocking); 0 if nothing was pending."""
+    """Read an eventfd's counter (non-blocking); 0 if nothing was pending, -1 if ``fd`` can never be read
+    again (not an eventfd: a pipe at EOF, or an error), so the caller stops watching it instead of spinning."""
     try:
-        return int.from_bytes(os.read(fd, 8), "little")
+        data = os.read(fd, 8)
     except BlockingIOError:
         return 0
+    except OSError:
+        return -1
+    return int.from_bytes(data, "little") if data else -1

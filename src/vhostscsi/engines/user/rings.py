@@ -23,6 +23,15 @@ def _close(fd: int | None) -> None:
             pass
 
 
+def _signal(fd: int) -> None:
+    """Signal an eventfd the front end gave us. A full counter (EAGAIN) already means "signalled"; a bogus fd
+    (not an eventfd) is the front end's problem and must not stop the ring."""
+    try:
+        os.write(fd, b"\x01\0\0\0\0\0\0\0")
+    except (BlockingIOError, OSError):
+        pass
+
+
 class RingIO:
     """One vring's eventfds. ``serve()`` is the whole data path of a wake-up."""
 
@@ -65,13 +74,13 @@ class RingIO:
         if vq is None:
             return
         if n and self.call is not None and vq.should_notify():
-            os.eventfd_write(self.call, 1)
+            _signal(self.call)
         if vq.broken and not self._broken_reported:
             self._broken_reported = True
             log.error("%s: ring %d is broken (%s); the guest must reset the device", self.label, self.index,
                       vq.broken_reason)
             if self.err is not None:
-                os.eventfd_write(self.err, 1)
+                _signal(self.err)
 
     def restarted(self) -> None:
         self._broken_reported = False

@@ -1,6 +1,6 @@
 """A real Linux guest's virtio_scsi driver on Session + VirtioScsi (the lower layers alone, no daemon): a
-capacity change announced only through the event queue (PARAM_CHANGE 2a/09), and a LOGICAL UNIT RESET sent by
-the guest's error handler (sg_reset) on the control queue. (With one vCPU the driver uses one request queue
+capacity change announced only through the event queue (PARAM_CHANGE 2a/09), a LOGICAL UNIT RESET sent by
+the guest's error handler (sg_reset) on the control queue, and a LUN hot-added and removed by events. (With one vCPU the driver uses one request queue
 whatever num_queues says; several queues are covered by the unit tests.)"""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 from conftest import Pump
 
 from vhostscsi.backstores.fileio import FileIOBackstore
+from vhostscsi.backstores.ramdisk import RamdiskBackstore
 from vhostscsi.guestkit import (
     GNU_DD,
     VIRTIO_SCSI_MODULES,
@@ -43,6 +44,12 @@ i=0; while [ "$(cat /sys/block/sda/size)" = {SIZE1 // 512} ]; do i=$((i+1)); [ $
 echo "SIZE2 $(cat /sys/block/sda/size)"
 /usr/bin/sg_reset -d /dev/sg0; echo "RESET-RC $?"
 {GNU_DD} if=/dev/sda of=/dev/null bs=4k count=16 skip=6000 iflag=direct 2>/dev/null && echo IO-AFTER-RESET
+echo HOTPLUG-READY
+wait_for /sys/class/scsi_device/0:0:1:1 && echo LUN1-ADDED
+echo UNPLUG-READY
+i=0; while [ -e /sys/class/scsi_device/0:0:1:1 ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+[ -e /sys/class/scsi_device/0:0:1:1 ] || echo LUN1-REMOVED
+ls /sys/class/scsi_device/
 """
 
 
@@ -111,8 +118,18 @@ def test_guest_resize_event_and_lun_reset(tmp_path: Path, image: GuestImage) -> 
         fio.size = SIZE2
         assert dev.refresh_capacity()
         pump.post("capacity_changed", 1, 0)
-        text = wait_console(console, "GUESTKIT-EXIT", 120)
+        text = wait_console(console, "HOTPLUG-READY", 120)
         assert f"SIZE2 {SIZE2 // 512}" in text, text[-2000:]
+        # hotplug: LUN 1 appears on a TRANSPORT_RESET/RESCAN event, goes on TRANSPORT_RESET/REMOVED
+        disk1 = RamdiskBackstore("disk1", 1 << 20)
+        real.add_lun(1, Device(disk1, "disk1", "0f4a9bd8-5c3e-4f11-9d8e-000000000001"))
+        pump.post("lun_added", 1, 1)
+        wait_console(console, "UNPLUG-READY", 60)
+        real.remove_lun(1)
+        pump.post("lun_removed", 1, 1)
+        text = wait_console(console, "GUESTKIT-EXIT", 120)
+        disk1.close()
+        assert "LUN1-ADDED" in text and "LUN1-REMOVED" in text, text[-2000:]
         assert "RESET-RC 0" in text and "IO-AFTER-RESET" in text, text[-2000:]
         assert port.lun_resets == [0]
         assert "GUESTKIT-EXIT 0" in text

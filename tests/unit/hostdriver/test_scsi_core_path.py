@@ -100,3 +100,18 @@ def test_unknown_lun_and_lun_reset(harness_factory, port) -> None:
     assert h.init.tmf(vs.T_TMF_LOGICAL_UNIT_RESET, lun=7) == vs.S_INCORRECT_LUN
     r = h.init.command(TEST_UNIT_READY)
     assert r.status == 2 and r.sense[12] == 0x29  # the reset shows up as a unit attention
+
+
+def test_several_request_queues_share_the_luns(harness_factory, port) -> None:
+    p, _ = port
+    h = harness_factory({1: p}, request_queues=3)
+    h.init.start()
+    assert h.fe.queue_num == 5 and all(h.device.queues[q] is not None for q in range(5))
+    clear_unit_attention(h, 0)
+    for q in (2, 3, 4):
+        block = bytes([q]) * 512
+        assert h.init.command(write10(q, 1), data_out=block, queue=q).status == 0
+    for q in (4, 3, 2):  # read back each block through a different queue than wrote it
+        other = 2 + (q - 1) % 3
+        assert h.init.command(read10(q, 1), data_in_len=512, queue=other).data == bytes([q]) * 512
+    assert all(h.init.rings[q].used_idx() >= 2 for q in (2, 3, 4))  # every queue carried traffic

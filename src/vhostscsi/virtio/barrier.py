@@ -6,10 +6,13 @@ visible to the other CPU, so a buffer the driver added in between is seen by nob
 next unrelated kick. Likewise before reading used_event after publishing used.idx. Only a full fence (mfence or a
 locked instruction) orders a store before a later load; plain Python attribute and memoryview writes emit none.
 
-How: acquiring an uncontended `threading.Lock` runs an atomic compare-and-exchange in the C runtime (a locked
-instruction on x86, a full barrier on arm64's acquire+release pair as used by glibc's semaphores), and releasing it
-is another. The lock is private to this module and never held across anything, so it never contends. This is the
-one place the ring layer touches `threading`; it creates no threads.
+How: acquiring an uncontended `threading.Lock` runs an atomic compare-and-exchange in the C runtime (glibc's
+semaphore under CPython's lock), and releasing it an atomic add. On x86 both are `lock`-prefixed instructions, and
+a locked instruction is a full barrier: no later load is satisfied before an earlier store is visible. That is the
+guarantee this module gives, on x86-64, the platform this project targets. (On arm64 those atomics have only
+acquire/release semantics, which do not order a store before a later load; a port there needs a real fence.)
+The lock is private to this module and never held across anything, so it never contends. This is the one place
+the ring layer touches `threading`; it creates no threads.
 """
 
 from __future__ import annotations

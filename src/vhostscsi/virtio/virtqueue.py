@@ -213,6 +213,7 @@ class SplitVirtqueue:
         in_ = chain.in_
         memory = self.memory
         table = self._desc
+        tbase = 0  # offset of descriptor 0 in `table`
         table_size = self.size
         in_indirect = False
         r_gpa, r_size, r_buf = memory.last_region()
@@ -226,7 +227,7 @@ class SplitVirtqueue:
             if count > table_size:
                 chain.error = "descriptor chain loops or is longer than its table"
                 return chain
-            addr, length, flags, nxt = _unpack_desc(table, i << 4)
+            addr, length, flags, nxt = _unpack_desc(table, tbase + (i << 4))
             if flags & VRING_DESC_F_INDIRECT:
                 if not self.indirect:
                     chain.error = "indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC"
@@ -241,15 +242,17 @@ class SplitVirtqueue:
                     chain.error = f"indirect table length {length} is not a multiple of 16"
                     return chain
                 off = addr - r_gpa
-                if 0 <= off and off + length <= r_size:
-                    t = r_buf[off : off + length]
+                if 0 <= off and off + length <= r_size:  # read the table in place: no slice
+                    table = r_buf
+                    tbase = off
                 else:
                     t = memory.view(addr, length)
+                    if t is None:
+                        chain.error = f"indirect table at {addr:#x} (+{length:#x}) is outside guest memory"
+                        return chain
                     r_gpa, r_size, r_buf = memory.last_region()
-                if t is None:
-                    chain.error = f"indirect table at {addr:#x} (+{length:#x}) is outside guest memory"
-                    return chain
-                table = t
+                    table = t
+                    tbase = 0
                 table_size = length >> 4
                 in_indirect = True
                 i = 0

@@ -45,14 +45,18 @@ def write_configs(directory: Path) -> None:
     disk = cfg.add_storage_object(new_storage_object(
         "fileio", "disk0", dev="/run/disk0.img", size=64 << 20, write_back=True, wwn=SERIAL))
     ram = cfg.add_storage_object(new_storage_object("ramdisk", "rd0", size=16 << 20))
+    blk = cfg.add_storage_object(new_storage_object("block", "blk0", dev="/dev/loop0"))
     target = cfg.add_target(new_vhost_target(WWN))
     tpg = target.tpgs[0]
     tpg.nexus_wwn = NEXUS
     tpg.add_lun(disk).alias = "a08824829b"
     tpg.add_lun(ram, write_protect=True)
-    save_config(cfg, directory / "two-luns.json")
+    tpg.add_lun(blk)
+    save_config(cfg, directory / "three-luns.json")
     tpg.remove_lun(1)
+    tpg.remove_lun(2)
     cfg.remove_storage_object(ram.path)
+    cfg.remove_storage_object(blk.path)
     save_config(cfg, directory / "one-lun.json")
 
 
@@ -67,12 +71,15 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin PYTHOND
 V="@PYTHON@ -m vhostscsi kernel"
 D=@DIR@
 step() { echo "=== $1"; }
-step modules-before; ls /sys/module | grep -E '^(target_core_mod|target_core_file|vhost_scsi)$' || true
+step modules-before; ls /sys/module | grep -E '^(target_core_mod|target_core_file|target_core_iblock|vhost_scsi)$' || true
 step foreign
 modprobe target_core_mod; mount -t configfs configfs /sys/kernel/config
 mkdir -p @T@/core/rd_mcp_7/foreign && printf rd_pages=16 > @T@/core/rd_mcp_7/foreign/control && printf 1 > @T@/core/rd_mcp_7/foreign/enable && echo made
-step apply1; timeout 300 $V apply --config $D/two-luns.json; echo "rc=$?"
-step modules-after; ls /sys/module | grep -E '^(target_core_mod|target_core_file|vhost_scsi)$'
+step loop; modprobe loop; truncate -s 32M /run/blk.img && losetup /dev/loop0 /run/blk.img && echo ready
+step apply1; timeout 300 $V apply --config $D/three-luns.json; echo "rc=$?"
+step modules-after; ls /sys/module | grep -E '^(target_core_mod|target_core_file|target_core_iblock|vhost_scsi)$'
+step luns1; ls @TPG@/lun/
+step iblock; cat @T@/core/iblock_0/blk0/info
 step ls-vhost; ls -C -T0 @T@/vhost/
 step ls-lun0; ls -l @TPG@/lun/lun_0/ | sed 1d | awk '{print $1, $9, $10, $11}'
 step info; cat @TPG@/lun/lun_0/a08824829b/info
@@ -80,10 +87,10 @@ step serial; cat @T@/core/fileio_0/disk0/wwn/vpd_unit_serial
 step model-alias; cat @T@/core/fileio_0/disk0/attrib/emulate_model_alias
 step write-cache; cat @T@/core/fileio_0/disk0/attrib/emulate_write_cache
 step nexus; cat @TPG@/nexus
-step wp; cat @TPG@/acls/@NEXUS@/lun_0/write_protect @TPG@/acls/@NEXUS@/lun_1/write_protect
-step apply2; $V apply --config $D/two-luns.json; echo "rc=$?"
-step dry2; $V apply --dry-run --config $D/two-luns.json; echo "rc=$?"
-step status2; $V status --config $D/two-luns.json; echo "rc=$?"
+step wp; cat @TPG@/acls/@NEXUS@/lun_0/write_protect @TPG@/acls/@NEXUS@/lun_1/write_protect @TPG@/acls/@NEXUS@/lun_2/write_protect
+step apply2; $V apply --config $D/three-luns.json; echo "rc=$?"
+step dry2; $V apply --dry-run --config $D/three-luns.json; echo "rc=$?"
+step status2; $V status --config $D/three-luns.json; echo "rc=$?"
 step apply3; $V apply --config $D/one-lun.json; echo "rc=$?"
 step luns3; ls @TPG@/lun/
 step core3; ls @T@/core/
@@ -125,7 +132,12 @@ def test_kernel_apply_in_a_real_lio(tmp_path: Path) -> None:
     assert s["modules-before"] == ""  # the engine itself loads LIO
     assert s["foreign"].endswith("made")
     assert s["apply1"].endswith("rc=0"), s["apply1"]
-    assert s["modules-after"].split() == ["target_core_file", "target_core_mod", "vhost_scsi"]
+    assert s["modules-after"].split() == ["target_core_file", "target_core_iblock", "target_core_mod",
+                                          "vhost_scsi"]
+    assert s["loop"] == "ready"
+    assert s["luns1"].split() == ["lun_0", "lun_1", "lun_2"]
+    assert s["iblock"].startswith("Status: ACTIVATED"), s["iblock"]
+    assert "UDEV PATH: /dev/loop0  readonly: 0" in s["iblock"]
     assert s["ls-vhost"] == f"discovery_auth  {WWN}  version"
     assert s["ls-lun0"].splitlines() == [
         "lrwxrwxrwx a08824829b -> ../../../../../../target/core/fileio_0/disk0",
@@ -140,7 +152,7 @@ def test_kernel_apply_in_a_real_lio(tmp_path: Path) -> None:
     assert s["serial"] == f"T10 VPD Unit Serial Number: {SERIAL}"
     assert s["model-alias"] == "1" and s["write-cache"] == "1"
     assert s["nexus"] == NEXUS
-    assert s["wp"].split() == ["0", "1"]
+    assert s["wp"].split() == ["0", "1", "0"]
 
     assert s["apply2"] == "nothing to do: LIO matches the configuration\nrc=0"
     assert s["dry2"] == "rc=0"  # an empty plan
@@ -149,6 +161,7 @@ def test_kernel_apply_in_a_real_lio(tmp_path: Path) -> None:
     assert s["apply3"].endswith("rc=0"), s["apply3"]
     assert "remove    vhost/naa.500140568720f76f/tpgt_1/lun/lun_1 (no longer configured)" in s["apply3"]
     assert "remove    core/rd_mcp_0/rd0 (no longer configured)" in s["apply3"]
+    assert "remove    core/iblock_0/blk0 (no longer configured)" in s["apply3"]
     assert s["luns3"].split() == ["lun_0"]
     assert s["core3"].split() == ["alua", "fileio_0", "rd_mcp_7"]
     assert s["apply4"] == "nothing to do: LIO matches the configuration\nrc=0"

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import NoReturn
 
 from vhostscsi.engines.kernel import modules
-from vhostscsi.engines.kernel.configfs import DEFAULT_ROOT, Configfs, KernelError, execute, render
+from vhostscsi.engines.kernel.configfs import DEFAULT_ROOT, Configfs, KernelError, Op, execute, render
 from vhostscsi.engines.kernel.desired import Desired, desired_state
 from vhostscsi.engines.kernel.ledger import DEFAULT_LEDGER, Ledger
 from vhostscsi.engines.kernel.planner import Plan, plan_apply, plan_clear
 
 CHANGE_STATES = ("create", "update", "rebuild", "remove", "renexus")
-MAX_PASSES = 3  # a pass re-reads what LIO shows; the second only corrects predicted defaults
+MAX_PASSES = 4  # each pass re-reads what LIO shows: devices, then their attributes and the targets
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,7 +80,7 @@ def apply(opts: argparse.Namespace, desired: Desired, out: list[str]) -> int:
         if plan.in_sync:
             break
         try:
-            execute(plan.ops, opts.configfs, ledger.record)
+            execute(first_stage(plan.ops), opts.configfs, ledger.record)
         finally:
             ledger.save()
         plan = plan_apply(desired, fs, ledger)
@@ -91,6 +91,21 @@ def apply(opts: argparse.Namespace, desired: Desired, out: list[str]) -> int:
     changes = [line for line in first.status if line.split(" ", 1)[0] in CHANGE_STATES]
     out.append("".join(line + "\n" for line in changes) if changes else "nothing to do: LIO matches the configuration\n")
     return 0
+
+
+def first_stage(ops: list[Op]) -> list[Op]:
+    """When new devices are made, stop after them and plan again before anything exports them.
+
+    Only once a device is enabled does LIO show the values it took from the hardware (a block
+    device's limits, unmap support); the re-plan reads them and sets the configured attributes
+    while LIO still accepts every change (some are refused once a LUN exports the device).
+    """
+    makes_device = any(op.kind == "mkdir" and op.path.startswith("core/") and op.path.count("/") == 2
+                       for op in ops)
+    if not makes_device:
+        return ops
+    last_core = max(i for i, op in enumerate(ops) if op.path.startswith("core/"))
+    return ops[: last_core + 1]
 
 
 def warn(plan: Plan) -> None:

@@ -22,6 +22,9 @@ BACKEND_MODULE = {"fileio": "target_core_file", "block": "target_core_iblock", "
 PAGE_SIZE = 4096  # rd_mcp counts its size in pages
 # Attributes LIO refuses to change once a LUN exports the device: written first, before any link.
 EARLY_ATTRIBUTES = ("block_size",)
+# Attributes LIO takes from the device itself and refuses to set (EINVAL): iblock reports the
+# block device's own write cache setting.
+DEVICE_DERIVED = {"block": ("emulate_write_cache",)}
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,8 @@ def _lio_defaults(so: StorageObject) -> dict[str, int]:
 
 def storage_of(so: StorageObject) -> DesiredStorage:
     """The device LIO should hold for one storage object."""
-    attributes = {k: int(v) for k, v in so.attributes.items() if k not in READ_ONLY}
+    skip = set(READ_ONLY) | set(DEVICE_DERIVED.get(so.plugin, ()))
+    attributes = {k: int(v) for k, v in so.attributes.items() if k not in skip}
     ordered = {k: attributes[k] for k in EARLY_ATTRIBUTES if k in attributes}
     ordered.update({k: attributes[k] for k in sorted(attributes) if k not in ordered})
     return DesiredStorage(

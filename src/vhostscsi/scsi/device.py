@@ -34,6 +34,9 @@ _DEFAULTS: dict[str, int] = {
     "max_write_same_len": 0, "pi_prot_type": 0, "unmap_granularity": 0,
     "unmap_granularity_alignment": 0, "unmap_zeroes_data": 0, "optimal_sectors": 16384,
     "hw_max_sectors": 16384, "force_pr_aptpl": 0,
+    # REPORT SUPPORTED OPERATION CODES came with LIO 6.3 (attribute emulate_rsoc, default 1
+    # there); the 6.1 reference answers INVALID COMMAND OPERATION CODE, so 0 here.
+    "emulate_rsoc": 0,
 }
 
 
@@ -66,7 +69,6 @@ class Device:
         plugin: str | None = None,
         vendor: str = VENDOR,
         revision: str = REVISION,
-        report_opcodes: bool = False,
     ) -> None:
         from vhostscsi.scsi.pr import PrState
 
@@ -92,9 +94,6 @@ class Device:
         self.write_cache = bool(write_back)
         # target_check_fua(): DPO/FUA are offered only with a write-back cache.
         self.fua_ok = self.write_cache and attrs.get("emulate_fua_write", 1) > 0
-        # REPORT SUPPORTED OPERATION CODES arrived in LIO 6.3; 6.1 (the reference kernel)
-        # answers INVALID COMMAND OPERATION CODE, so it is off unless asked for.
-        self.report_opcodes = report_opcodes
         self.caw_lock = threading.Lock()
         self._exports: list[int] = []  # relative port ids of the (port, LUN) exports
         self.pr: PrState = PrState()

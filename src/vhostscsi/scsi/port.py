@@ -79,10 +79,14 @@ class TargetPort:
             return
         entry.dev.remove_export(self.rtpi)
         pr = entry.dev.pr
+        # core_disable_device_list_for_node: the initiators' registrations made through this
+        # LUN go with it (and an SPC-2 reservation held through it)
+        for reg in [r for r in pr.regs if r.lun is entry]:
+            pr.remove(reg)
         if pr.spc2 is not None and pr.spc2[0] is self and not any(
                 e.dev is entry.dev for e in self._luns.values()):
             pr.spc2 = None
-            pr._update()
+        pr._update()
         self._luns_changed(skip=None)
 
     def _luns_changed(self, skip: int | None) -> None:

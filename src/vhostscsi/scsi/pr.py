@@ -164,7 +164,7 @@ def _non_holder_conflict(pr: PrState, port: TargetPort, nexus: str, cdb: bytes |
         else:
             return True
     elif code in (op.ACCESS_CONTROL_IN, op.ACCESS_CONTROL_OUT, op.INQUIRY, op.LOG_SENSE,
-                  op.SERVICE_ACTION_IN_12, op.READ_CAPACITY, op.REPORT_LUNS, op.REQUEST_SENSE,
+                  op.SERVICE_ACTION_IN_12, op.REPORT_LUNS, op.REQUEST_SENSE,
                   op.PERSISTENT_RESERVE_IN):
         ret = False
     else:
@@ -396,7 +396,9 @@ def _pro_reserve(pr: PrState, port: TargetPort, nexus: str, type_: int, scope: i
     if type_ not in _TYPES:
         return Reason.INVALID_CDB_FIELD
     reg = pr.find(port, nexus)
-    if reg is None or res_key != reg.key:
+    if reg is None:
+        return Reason.LOGICAL_UNIT_COMMUNICATION_FAILURE  # as LIO: "Unable to locate pr_reg"
+    if res_key != reg.key:
         return Reason.RESERVATION_CONFLICT
     if scope != LU_SCOPE:
         return Reason.INVALID_PARAMETER_LIST
@@ -414,7 +416,7 @@ def _pro_release(pr: PrState, port: TargetPort, nexus: str, type_: int, scope: i
                  res_key: int) -> ScsiResult:
     reg = pr.find(port, nexus)
     if reg is None:
-        return Reason.RESERVATION_CONFLICT
+        return Reason.LOGICAL_UNIT_COMMUNICATION_FAILURE
     if pr.holder is None or not pr.is_holder(reg):
         return GOOD
     if res_key != reg.key:
@@ -430,7 +432,9 @@ def _pro_release(pr: PrState, port: TargetPort, nexus: str, type_: int, scope: i
 
 def _pro_clear(pr: PrState, port: TargetPort, nexus: str, res_key: int) -> ScsiResult:
     me = pr.find(port, nexus)
-    if me is None or res_key != me.key:
+    if me is None:
+        return Reason.LOGICAL_UNIT_COMMUNICATION_FAILURE
+    if res_key != me.key:
         return Reason.RESERVATION_CONFLICT
     pr.release()
     regs, pr.regs = pr.regs, []
@@ -456,21 +460,17 @@ def _pro_preempt(pr: PrState, port: TargetPort, nexus: str, type_: int, scope: i
     if not all_reg and not sa_key:
         return Reason.INVALID_PARAMETER_LIST
     if h is None or h.key != sa_key:
-        released = 0
+        unmatched = sa_key != 0
         for r in list(pr.regs):
-            if not all_reg:
-                if r.key != sa_key:
-                    continue
-            else:
-                if sa_key and r.key != sa_key:
-                    continue
-                if r is me:
-                    continue
-            released += 1
+            if sa_key and r.key != sa_key:
+                continue
+            unmatched = False
+            if all_reg and r is me:
+                continue
             pr.remove(r)
             if r is not me:
                 ua_mod.allocate(r.lun, r.nexus, *ua_mod.REGISTRATIONS_PREEMPTED)
-        if not released:
+        if unmatched:
             return Reason.RESERVATION_CONFLICT
         if h is not None and all_reg and not sa_key and me in pr.regs:
             pr.reserve(me, type_, scope)

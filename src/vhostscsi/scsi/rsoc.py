@@ -1,7 +1,7 @@
 """REPORT SUPPORTED OPERATION CODES, from a table shaped like LIO's tcm_supported_opcodes.
 
-LIO has it from 6.3 on; the 6.1 reference answers INVALID COMMAND OPERATION CODE, so a Device
-offers it only when built with ``report_opcodes=True``.
+LIO has it from 6.3 on (attribute emulate_rsoc); the 6.1 reference answers INVALID COMMAND
+OPERATION CODE, so a Device offers it only with the attribute emulate_rsoc=1.
 
 Only commands this core implements are listed, and those a device's attributes switch off
 (COMPARE AND WRITE, UNMAP, persistent reservations) are left out, as newer LIO does with its

@@ -158,7 +158,7 @@ def _maintenance_in(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | me
                     dout: Bufs, din: Bufs) -> ScsiResult:
     sa = cdb[1] & 0x1F
     if sa != op.MI_REPORT_TARGET_PGS and not (
-            sa == op.MI_REPORT_SUPPORTED_OPERATION_CODES and lun.dev.report_opcodes):
+            sa == op.MI_REPORT_SUPPORTED_OPERATION_CODES and lun.dev.attrs.get("emulate_rsoc")):
         return Reason.UNSUPPORTED_SCSI_OPCODE
     alloc = _U32(cdb, 6)[0]
     stop = admit(port, lun, nexus, cdb, dout, din, alloc)

@@ -88,13 +88,34 @@ def test_exclusive_access_registrants_only() -> None:
     pro_status(p, A, 0, 0, KA)
     assert pro_status(p, A, 1, KA, type_=6) == 0  # EXCLUSIVE ACCESS - REGISTRANTS ONLY
     assert run(p, cdb10(0x28, 0, 1), alloc=512, nexus=B).status == 0x18
-    assert run(p, [0x25] + [0] * 9, alloc=8, nexus=B).status == 0  # allowed for everyone
+    assert run(p, [0x12, 0, 0, 0, 36, 0], alloc=36, nexus=B).status == 0  # allowed for all
+    assert run(p, [0x25] + [0] * 9, alloc=8, nexus=B).status == 0x18  # LIO lets no other through
     pro_status(p, B, 0, 0, KB)
     assert run(p, cdb10(0x28, 0, 1), alloc=512, nexus=B).status == 0
     # the holder unregisters: reservation released, remaining registrants told so
     assert pro_status(p, A, 0, KA, 0) == 0
     assert run(p, [0, 0, 0, 0, 0, 0], nexus=B).key_asc == (6, 0x2A, 0x04)
     assert pri(p, B, 1)[4:8] == bytes(4)
+
+
+def test_unregistered_nexus_pr_out_answers_as_lio() -> None:
+    p = port_with(ramdisk())
+    assert pro(p, A, 1, KA, type_=1) == (2, 0x08, 0)  # RESERVE: LUN COMMUNICATION FAILURE
+    assert pro(p, A, 2, KA, type_=1) == (2, 0x08, 0)  # RELEASE
+    assert pro(p, A, 3, KA) == (2, 0x08, 0)  # CLEAR
+    assert pro_status(p, A, 4, KA, KB, type_=1) == 0x18  # PREEMPT: RESERVATION CONFLICT
+
+
+def test_preempt_all_registrants_with_zero_key() -> None:
+    p = port_with(ramdisk())
+    pro_status(p, A, 0, 0, KA)
+    pro_status(p, B, 0, 0, KB)
+    pro_status(p, A, 1, KA, type_=8)  # EXCLUSIVE ACCESS - ALL REGISTRANTS
+    assert pro_status(p, A, 4, KA, 0, type_=3) == 0  # drop all others, take EXCLUSIVE ACCESS
+    res = pri(p, A, 1)
+    assert res[8:16] == struct.pack(">Q", KA) and res[21] == 3
+    assert pri(p, A, 0)[4:8] == (8).to_bytes(4, "big")
+    assert run(p, [0, 0, 0, 0, 0, 0], nexus=B).key_asc == (6, 0x2A, 0x05)
 
 
 def test_preempt_and_clear() -> None:

@@ -97,9 +97,7 @@ def test_mode_select_accepts_only_current_values() -> None:
 def test_report_supported_operation_codes_as_lio_6_1_and_6_3() -> None:
     old = port_with(ramdisk())  # LIO 6.1: not implemented
     assert run(old, [0xA3, 0x0C, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], alloc=4096).key_asc == (5, 0x20, 0)
-    dev = ramdisk()
-    dev.report_opcodes = True
-    p = port_with(dev)
+    p = port_with(ramdisk(emulate_rsoc=1))
     a = run(p, [0xA3, 0x0C, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], alloc=4096)
     assert a.status == 0
     n = (len(a.data) - 4) // 8

@@ -304,3 +304,52 @@ def test_random_requests_on_every_queue_never_escape(reqs) -> None:
         for u in rig.rings[q].get_used():
             assert u.length <= offered[(q, u.head)]
     assert rig.dev.errors == 0
+
+
+class FillingPort:
+    """Writes 0xEE over every data-in byte it is given and reads every data-out byte: touches all it gets."""
+
+    def execute(self, nexus, lun, cdb, data_out, data_in):
+        for v in data_out:
+            bytes(v)
+        for v in data_in:
+            v[:] = b"\xee" * len(v)
+        return Result(0, b"\x70" + bytes(17), sum(len(v) for v in data_in))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(-96, 96), st.integers(0, 160)), min_size=1, max_size=6), st.booleans())
+def test_writes_never_leave_the_regions(descs, at_end) -> None:
+    """Buffers hugging the edges of a region that sits inside a bigger memfd: whatever the device writes lands
+    inside the region; the canary bytes around it (same file, no guest address) stay intact."""
+    from vhostscsi.hostdriver.vring import Desc
+    from vhostscsi.virtio.memory import GuestMemory
+    from vhostscsi.virtio.virtqueue import VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+
+    ram = GuestRam(16 * PAGE)
+    canary = b"\xc5" * (16 * PAGE)
+    ram.mem[:] = canary
+    lo, hi = 4 * PAGE, 12 * PAGE  # the only guest-visible bytes: file offsets [lo, hi) at gpa 0x100000
+    gpa0 = 0x100000
+    mem = GuestMemory.map_fds([(gpa0, hi - lo, 0x7F0000000000, lo)], [ram.fd])
+    ring_mem = GuestRam(16 * PAGE)  # rings live elsewhere, so only data buffers touch the guarded region
+    drv = DriverRing(ring_mem, 16)
+    rmem = ring_mem.backend_memory()
+    d, u, a = drv.uvas()
+    dev = VirtioScsi({1: FillingPort()})
+    dev.set_queue(2, SplitVirtqueue.from_uva(rmem, 16, d, a, u))
+    edge = gpa0 + (hi - lo) if at_end else gpa0
+    req = lun_bytes(1, 0) + bytes(43)
+    ram.mem[lo : lo + len(req)] = req  # a valid header at the start of the region
+    chain = [Desc(gpa0, len(req), VRING_DESC_F_NEXT, 1)]
+    for k, (delta, length) in enumerate(descs):
+        nxt = k + 2 if k + 1 < len(descs) else 0
+        chain.append(Desc(edge + delta, length, VRING_DESC_F_WRITE | (VRING_DESC_F_NEXT if nxt else 0), nxt))
+    drv.add_raw(chain, head=0)
+    dev.process(2)
+    assert len(drv.get_used()) == 1
+    assert ram.mem[:lo] == canary[:lo] and ram.mem[hi:] == canary[hi:]
+    mem.close()
+    rmem.close()
+    ram.close()
+    ring_mem.close()

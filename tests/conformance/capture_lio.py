@@ -81,7 +81,7 @@ run() {  # index lun alloc datafile cdb-bytes...
 
 
 def _dir(lun: LunSetup) -> str:
-    return f"$C/core/fileio_{lun.lun}/{lun.name}"
+    return f"$C/core/{'fileio' if lun.plugin == 'fileio' else 'iblock'}_{lun.lun}/{lun.name}"
 
 
 # tcm_loop's SCSI host scans LUN 0 only (max_lun = 0); any other LUN appears when a TPG LUN
@@ -91,6 +91,13 @@ def _dir(lun: LunSetup) -> str:
 # the ACL routes to the real device. The placeholder is never mapped, so REPORT LUNS, VPD and
 # data all come from the real backstores.
 TPG_LUN_BASE = 10
+
+
+def _control(lun: LunSetup, d: str) -> str:
+    """The configfs control line (and, for block, the loop device behind it)."""
+    if lun.plugin == "fileio":
+        return f'echo "fd_dev_name=/tmp/{lun.name}.img,fd_dev_size={lun.size},fd_buffered_io=1" > {d}/control'
+    return f'losetup /dev/loop{lun.lun} /tmp/{lun.name}.img && echo "udev_path=/dev/loop{lun.lun}" > {d}/control'
 
 
 def setup_script() -> str:
@@ -107,7 +114,7 @@ def setup_script() -> str:
         lines += [
             f"cp /data/{lun.name}.img /tmp/{lun.name}.img",
             f"mkdir -p {d}",
-            f'echo "fd_dev_name=/tmp/{lun.name}.img,fd_dev_size={lun.size},fd_buffered_io=1" > {d}/control',
+            _control(lun, d),
             f"echo {lun.serial} > {d}/wwn/vpd_unit_serial",
             f"echo 1 > {d}/enable",
             *[f"echo {v} > {d}/attrib/{k}" for k, v in lun.attributes.items()],
@@ -138,10 +145,10 @@ def setup_script() -> str:
         "for s in /sys/class/scsi_generic/sg*; do",
         "  hctl=$(basename $(readlink $s/device)); eval SG${hctl##*:}=/dev/$(basename $s)",
         "done",
-        'echo "@@SETUP nexus=$(cat $T/nexus) sg0=$SG0 sg1=$SG1"',
+        'echo "@@SETUP nexus=$(cat $T/nexus)' + "".join(f" sg{lun.lun}=$SG{lun.lun}" for lun in LUNS) + '"',
         "/usr/bin/lsscsi -g",
         # drain unit attentions the setup itself raised, so the recorded run starts quiet
-        "for l in 0 1; do eval dev=\\$SG$l; for n in 1 2 3; do",
+        f"for l in {' '.join(str(lun.lun) for lun in LUNS)}; do eval dev=\\$SG$l; for n in 1 2 3; do",
         '  echo "@@PRE lun=$l $(sg_raw $dev 00 00 00 00 00 00 2>&1 | grep -E "Status|Additional sense" | tr "\\n" " ")"',
         "done; done",
     ]
@@ -151,6 +158,10 @@ def setup_script() -> str:
             f'for a in {d}/attrib/*; do echo "@@ATTR {lun.lun} $(basename $a)=$(cat $a)"; done',
             f'echo "@@INFO {lun.lun} $(cat {d}/info | tr "\\n" " ")"',
         ]
+        if lun.plugin == "block":
+            # iblock's WCE (caching page, DPOFUA, whether FUA is accepted) is the device
+            # queue's write cache, not attrib/emulate_write_cache
+            lines.append(f'echo "@@WCACHE {lun.lun} $(cat /sys/block/loop{lun.lun}/queue/write_cache)"')
     lines.append('echo "@@KERNEL $(uname -r)"')
     return "\n".join(lines) + "\n"
 
@@ -174,7 +185,7 @@ def build_image(cases: list[Case]) -> GuestImage:
     return GuestImage.build(
         None,
         extra_binaries=[*sg3_utils(), "/usr/bin/lsscsi"],
-        modules=["sg", *LIO_MODULES],
+        modules=["sg", "loop", *LIO_MODULES],
         init_script=setup_script() + case_script(cases),
         extra_files=files,
     )
@@ -224,14 +235,15 @@ def rtpi_from_vpd83(hexdata: str) -> int | None:
 
 
 def parse_console(console: str, cases: list[Case]) -> dict[str, Any]:
-    m = re.search(r"^@@SETUP nexus=(\S+) sg0=(\S*) sg1=(\S*)$", console, re.M)
-    if not m or not m.group(2) or not m.group(3):
+    m = re.search(r"^@@SETUP nexus=(\S+)((?: sg\d+=\S*)*)$", console, re.M)
+    if not m or any(not dev.partition("=")[2] for dev in m.group(2).split()):
         raise RuntimeError("LIO setup failed in the guest (no sg node per LUN)")
     attrs: dict[int, dict[str, int | str]] = {lun.lun: {} for lun in LUNS}
     for lun, key, value in re.findall(r"^@@ATTR (\d+) (\w+)=(.*)$", console, re.M):
         attrs[int(lun)][key] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
     info = dict((int(a), b.strip()) for a, b in re.findall(r"^@@INFO (\d+) (.*)$", console, re.M))
     kernel = re.search(r"^@@KERNEL (\S+)$", console, re.M)
+    wcache = {int(a): b.strip() for a, b in re.findall(r"^@@WCACHE (\d+) (.*)$", console, re.M)}
     results = []
     for i, case in enumerate(cases):
         block = re.search(rf"^@@CASE {i} rc=(\d+)\n(.*?)^@@END {i}$", console, re.M | re.S)
@@ -248,7 +260,7 @@ def parse_console(console: str, cases: list[Case]) -> dict[str, Any]:
         entry.update(parse_case(block.group(2)))
         entry["sg_raw_rc"] = int(block.group(1))
         results.append(entry)
-    rtpis = {r["lun"]: rtpi_from_vpd83(r["data_in"]) for r in results if r["name"] in ("vpd_83", "wp_vpd_83")}
+    rtpis = {r["lun"]: rtpi_from_vpd83(r["data_in"]) for r in results if r["name"].endswith("vpd_83")}
     return {
         "generator": "tests/conformance/capture_lio.py",
         "kernel": kernel.group(1) if kernel else None,
@@ -259,11 +271,18 @@ def parse_console(console: str, cases: list[Case]) -> dict[str, Any]:
         "luns": [
             {
                 "lun": lun.lun,
-                "plugin": "fileio",
+                "plugin": lun.plugin,
                 "name": lun.name,
                 "serial": lun.serial,
                 "size": lun.size,
-                "write_back": True,
+                # the write cache the LUN reports: the attribute for fileio, the device's
+                # queue for block ("write back" / "write through")
+                "write_back": (
+                    wcache.get(lun.lun) == "write back"
+                    if lun.plugin == "block"
+                    else bool(attrs[lun.lun].get("emulate_write_cache"))
+                ),
+                **({"device_write_cache": wcache.get(lun.lun)} if lun.plugin == "block" else {}),
                 "write_protect": lun.write_protect,
                 "relative_port_id": rtpis.get(lun.lun),
                 "attributes": attrs[lun.lun],

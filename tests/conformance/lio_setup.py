@@ -26,6 +26,7 @@ class LunSetup:
     serial: str
     size: int
     write_protect: bool = False
+    plugin: str = "fileio"  # "block": LIO iblock on a loop device inside the guest
     # set in configfs after enable, before export (emulate_model_alias is targetcli's default;
     # thin provisioning on so UNMAP and WRITE SAME with UNMAP are exercised)
     attributes: dict[str, int] = field(
@@ -38,6 +39,9 @@ LUNS = (
     # Write-protected the way LIO does it: the initiator's ACL maps the LUN with write_protect=1
     # (our TargetPort.add_lun(..., write_protect=True)).
     LunSetup(1, "wpdisk", "0d9c8b7a-6f5e-4d3c-8b2a-19f8e7d6c5b4", 256 << 10, write_protect=True),
+    # A block backstore, as in the seed document (targetcli's most common kind): its limits and
+    # caching come from the device's queue, so VPD 0xb0/0xb2 and the caching page differ.
+    LunSetup(2, "blk0", "3c2b1a09-8e7d-4c6b-a5f4-e3d2c1b0a998", 512 << 10, plugin="block"),
 )
 
 

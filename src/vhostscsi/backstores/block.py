@@ -13,6 +13,7 @@ import errno
 import mmap
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from vhostscsi.backstores import linux
 from vhostscsi.backstores.errors import BackstoreError
@@ -56,6 +57,20 @@ class BlockBackstore(FdBackstore):
                 f"{name}: block_size {block_size} is below the device's logical block size {self.align}",
             )
         super().__init__(name, fd, size, block_size, readonly)
+
+    @property
+    def write_cache(self) -> bool | None:
+        """Whether the device's queue has a volatile write cache ("write back"), or None when
+        sysfs does not say. LIO's iblock reports *this* as WCE (caching page, DPOFUA, FUA
+        accepted), not attrib/emulate_write_cache."""
+        st = os.fstat(self.fd)
+        base = Path(f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
+        for queue in (base / "queue", base / ".." / "queue"):  # a partition uses its disk's queue
+            try:
+                return (queue / "write_cache").read_text().strip() == "write back"
+            except OSError:
+                continue
+        return None
 
     @property
     def unmap_zeroes_data(self) -> bool:

@@ -132,3 +132,14 @@ def test_regular_file_is_refused_with_a_hint(tmp_path: Path) -> None:
     with pytest.raises(BackstoreError) as info:
         BlockBackstore("nb", str(tmp_path / "f"))
     assert info.value.errno == errno.ENOTBLK and "fileio" in str(info.value)
+
+
+def test_write_cache_is_read_from_the_device_queue(loopdev: tuple[str, Path]) -> None:
+    dev, _ = loopdev
+    queue = Path("/sys/block") / Path(dev).name / "queue" / "write_cache"
+    with BlockBackstore("b", dev) as bs:
+        assert bs.write_cache == (queue.read_text().strip() == "write back")
+        queue.write_text("write through")
+        assert bs.write_cache is False
+        queue.write_text("write back")
+        assert bs.write_cache is True

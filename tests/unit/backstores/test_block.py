@@ -143,3 +143,27 @@ def test_write_cache_is_read_from_the_device_queue(loopdev: tuple[str, Path]) ->
         assert bs.write_cache is False
         queue.write_text("write back")
         assert bs.write_cache is True
+
+
+def test_4k_sector_device_alignment_and_rmw(tmp_path: Path) -> None:
+    """A 4096-byte-sector device: 512-byte LUN blocks are refused, sub-sector I/O is bounced."""
+    img = tmp_path / "4k.img"
+    img.write_bytes(pattern(MiB, seed=6))
+    dev = _losetup(img, "-b", "4096")
+    try:
+        with pytest.raises(BackstoreError) as info:
+            BlockBackstore("small", dev, block_size=512)
+        assert info.value.errno == errno.EINVAL and "4096" in str(info.value)
+        with BlockBackstore("b4k", dev) as bs:
+            assert (bs.block_size, bs.align) == (4096, 4096)
+            raw = bytearray(1000)
+            raw[:] = b"\x5a" * 1000
+            bs.writev(4096 + 512, [memoryview(raw)])  # inside one sector: read-modify-write
+            out = aligned(3 * 4096)
+            bs.readv(0, [memoryview(out)])
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+    expect = pattern(MiB, seed=6)[: 3 * 4096]
+    expect[4096 + 512 : 4096 + 1512] = b"\x5a" * 1000
+    assert out[:] == expect
+    assert img.read_bytes()[: 3 * 4096] == expect

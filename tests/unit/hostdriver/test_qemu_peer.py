@@ -5,6 +5,7 @@ protocol and the rings work with the real peer."""
 from __future__ import annotations
 
 import contextlib
+import os
 import pathlib
 import shutil
 import socket
@@ -52,37 +53,64 @@ class RecordingSession(Session):
         return r
 
 
-@contextlib.contextmanager
-def qemu_peer(tmp_path, ports) -> Iterator[tuple[RecordingSession, Pump, pathlib.Path]]:
-    """QEMU (firmware only, TCG) connected to a Session + VirtioScsi over `ports`; yields the console path."""
-    if QEMU is None:
-        pytest.skip("qemu-system-x86_64 is not installed")
-    path = str(tmp_path / "vhost.sock")
-    console = tmp_path / "console.txt"
-    ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    ls.bind(path)
-    ls.listen(1)
-    ls.settimeout(30)
-    proc = subprocess.Popen(
-        [QEMU, "-accel", "tcg", "-smp", "1", "-m", "128", "-nodefaults", "-display", "none",
-         "-serial", f"file:{console}",
-         "-object", "memory-backend-memfd,id=mem,size=128M,share=on", "-machine", "pc,memory-backend=mem",
-         "-chardev", f"socket,id=c0,path={path}", "-device", "vhost-user-scsi-pci,chardev=c0"],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "qemu.err", "w"),
-    )
-    pump = None
-    try:
-        conn, _ = ls.accept()
+class QemuPeer:
+    """A listening socket, QEMU (firmware only, TCG) connected to it, and one pump per accepted connection."""
+
+    def __init__(self, tmp_path: pathlib.Path, qemu: str, *, reconnect: bool = False) -> None:
+        self.path = str(tmp_path / "vhost.sock")
+        self.console = tmp_path / "console.txt"
+        self.ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.ls.bind(self.path)
+        self.ls.listen(1)
+        self.ls.settimeout(30)
+        prefix = pathlib.Path(qemu).resolve().parent.parent / "share"
+        data = [arg for d in ("qemu", "seabios") if (prefix / d).is_dir() for arg in ("-L", str(prefix / d))]
+        chardev = f"socket,id=c0,path={self.path}" + (",reconnect-ms=500" if reconnect else "")
+        self.proc = subprocess.Popen(
+            [qemu, *data, "-accel", "tcg", "-smp", "1", "-m", "128", "-nodefaults", "-display", "none",
+             "-serial", f"file:{self.console}",
+             "-object", "memory-backend-memfd,id=mem,size=128M,share=on", "-machine", "pc,memory-backend=mem",
+             "-chardev", chardev, "-device", "vhost-user-scsi-pci,chardev=c0"],
+            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "qemu.err", "w"),
+        )
+        self.pumps: list[Pump] = []
+
+    def serve(self, ports) -> tuple[RecordingSession, Pump]:
+        conn, _ = self.ls.accept()
         session = RecordingSession(num_queues=3)
         pump = Pump(conn, session, VirtioScsi(ports))
         pump.start()
-        yield session, pump, console
-    finally:
-        proc.kill()
-        proc.wait()
-        if pump is not None:
+        self.pumps.append(pump)
+        return session, pump
+
+    def booted(self, marker: bytes = b"VHOSTSCSI-BOOT-OK") -> bool:
+        return self.console.exists() and marker in self.console.read_bytes()
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        for pump in self.pumps:
             pump.stop()
-        ls.close()
+        self.ls.close()
+
+
+@contextlib.contextmanager
+def qemu_peer(tmp_path, qemu: str | None = QEMU, **kw) -> Iterator[QemuPeer]:
+    if qemu is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    peer = QemuPeer(tmp_path, qemu, **kw)
+    try:
+        yield peer
+    finally:
+        peer.close()
+
+
+def lun0_port(disk: RamdiskBackstore) -> TargetPort:
+    """TPG 1 with the ramdisk as LUN 0, holding a boot sector that prints the marker."""
+    disk.writev(0, [memoryview(boot_sector(b"VHOSTSCSI-BOOT-OK\r\n"))])
+    port = TargetPort("naa.5001405000000001", 1)
+    port.add_lun(0, Device(disk, "disk0", "0f4a9bd8-5c3e-4f11-9d8e-000000000000"))
+    return port
 
 
 def boot_sector(message: bytes) -> bytes:
@@ -111,7 +139,8 @@ def wait_for(cond, seconds: float) -> bool:
 @pytest.mark.guest
 def test_seabios_probes_every_target_through_our_rings(tmp_path) -> None:
     ports = CountingPorts()
-    with qemu_peer(tmp_path, ports) as (session, pump, _console):
+    with qemu_peer(tmp_path) as peer:
+        session, pump = peer.serve(ports)
         wait_for(lambda: "GET_VRING_BASE" in session.seen, 90)
         assert pump.error is None and pump.protocol_error is None
         # QEMU 7.2's start sequence, with our protocol features (in-flight area, reset, reply-ack) in use
@@ -127,13 +156,37 @@ def test_seabios_probes_every_target_through_our_rings(tmp_path) -> None:
 def test_seabios_boots_from_our_lun(tmp_path) -> None:
     """Firmware finds TPG 1 LUN 0, reads its boot sector through our rings and runs it."""
     disk = RamdiskBackstore("disk0", 1 << 20)
-    disk.writev(0, [memoryview(boot_sector(b"VHOSTSCSI-BOOT-OK\r\n"))])
-    port = TargetPort("naa.5001405000000001", 1)
-    port.add_lun(0, Device(disk, "disk0", "0f4a9bd8-5c3e-4f11-9d8e-000000000000"))
     try:
-        with qemu_peer(tmp_path, {1: port}) as (_session, pump, console):
-            booted = wait_for(lambda: console.exists() and b"VHOSTSCSI-BOOT-OK" in console.read_bytes(), 60)
+        with qemu_peer(tmp_path) as peer:
+            _session, pump = peer.serve({1: lun0_port(disk)})
+            booted = wait_for(peer.booted, 60)
             assert pump.error is None and pump.protocol_error is None
-            assert booted, f"no boot message on the console: {console.read_bytes()[-300:]!r}"
+            assert booted, f"no boot message on the console: {peer.console.read_bytes()[-300:]!r}"
+    finally:
+        disk.close()
+
+
+QEMU_RECONNECT = os.environ.get("VHOSTSCSI_QEMU_RECONNECT")  # a QEMU >= 8.2 (Debian backports' 10.0 works)
+
+
+@pytest.mark.guest
+@pytest.mark.skipif(not QEMU_RECONNECT, reason="set VHOSTSCSI_QEMU_RECONNECT to a QEMU that can reconnect")
+def test_qemu_reconnects_to_a_new_back_end_with_the_inflight_area(tmp_path) -> None:
+    """The back end dies after boot; QEMU reconnects to a fresh Session, hands back the in-flight area it got
+    from the first one (SET_INFLIGHT_FD without a new GET), and the request ring restarts where it was."""
+    disk = RamdiskBackstore("disk0", 1 << 20)
+    try:
+        with qemu_peer(tmp_path, QEMU_RECONNECT, reconnect=True) as peer:
+            port = lun0_port(disk)
+            first, pump1 = peer.serve({1: port})
+            assert wait_for(peer.booted, 60), peer.console.read_bytes()[-300:]
+            taken = first.rings[2].vq.last_avail_idx
+            assert taken > 0 and "GET_INFLIGHT_FD" in first.seen
+            pump1.stop()  # the back end "dies": its end of the socket closes
+            second, pump2 = peer.serve({1: port})
+            assert wait_for(lambda: second.rings[2].vq is not None and "SET_VRING_ENABLE" in second.seen, 30)
+            assert "SET_INFLIGHT_FD" in second.seen and "GET_INFLIGHT_FD" not in second.seen
+            assert second.rings[2].vq.last_avail_idx == taken  # restarted at the used index, nothing in flight
+            assert pump2.error is None and pump2.protocol_error is None
     finally:
         disk.close()

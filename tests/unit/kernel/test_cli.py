@@ -117,3 +117,15 @@ def test_apply_to_the_real_configfs_needs_root(tmp_path: Path, monkeypatch: pyte
     assert main(["kernel", "apply", "--config", str(saved(tmp_path, one_lun()))]) == 1
     assert capsys.readouterr().err == (
         "vhostscsi kernel: error: changing LIO needs root (configfs and modprobe): run it with sudo\n")
+
+
+def test_new_devices_are_configured_before_anything_exports_them() -> None:
+    from vhostscsi.engines.kernel.cli import first_stage
+    from vhostscsi.engines.kernel.configfs import Op
+
+    ops = [Op("rmdir", "vhost/w/tpgt_1/lun/lun_3"), Op("mkdir", "core/fileio_0"),
+           Op("mkdir", "core/fileio_0/disk0"), Op("write", "core/fileio_0/disk0/enable", "1"),
+           Op("mkdir", "vhost/w/tpgt_1/lun/lun_0"), Op("symlink", "vhost/w/tpgt_1/lun/lun_0/a", "core/fileio_0/disk0")]
+    assert first_stage(ops) == ops[:4]
+    only_attributes = [Op("write", "core/fileio_0/disk0/attrib/emulate_tpu", "1"), ops[4], ops[5]]
+    assert first_stage(only_attributes) == only_attributes

@@ -60,7 +60,10 @@ def prepare_kernel(opts: argparse.Namespace, desired: Desired) -> list[str]:
     if opts.configfs != DEFAULT_ROOT:
         return []
     if opts.dry_run:
-        return [f"modprobe {name}" for name in modules.missing_modules(desired.modules())]
+        lines = [f"modprobe {name}" for name in modules.missing_modules(desired.modules())]
+        if not opts.configfs.is_dir() and not modules.configfs_mounted():
+            lines.append(f"mount -t configfs configfs {modules.CONFIGFS_MOUNT}")
+        return lines
     modules.require_root()
     modules.load_modules(desired.modules())
     modules.ensure_configfs(opts.configfs)

@@ -46,7 +46,7 @@ def load_modules(names: list[str], sys_module: Path = SYS_MODULE) -> None:
         )
 
 
-def _mounted_configfs(mount_point: Path) -> bool:
+def configfs_mounted(mount_point: Path = CONFIGFS_MOUNT) -> bool:
     try:
         with open("/proc/self/mounts") as mounts:
             return any(
@@ -60,7 +60,7 @@ def ensure_configfs(root: Path, mount_point: Path = CONFIGFS_MOUNT) -> None:
     """Mount configfs if needed and check that LIO's ``target`` directory is there."""
     if root.is_dir():
         return
-    if not _mounted_configfs(mount_point):
+    if not configfs_mounted(mount_point):
         proc = subprocess.run(["mount", "-t", "configfs", "configfs", str(mount_point)],
                               capture_output=True, text=True, timeout=60)
         if proc.returncode != 0:

@@ -214,7 +214,12 @@ class Session:
         return bool(self.protocol_features & bit(feature))
 
     def handle(self, msg: Message) -> Response:
-        """Process one message. Raises ProtocolError only when the conversation cannot continue."""
+        """Process one message. Raises ProtocolError only when the conversation cannot continue.
+
+        fds: a handler that succeeds has either handed each fd to the engine (an action) or closed it; when a
+        request fails, every fd of it not already handed over is closed here, in this one place, so no fd is
+        leaked and none is closed twice.
+        """
         if msg.is_reply:
             _close_fds(msg.fds)
             raise ProtocolError(f"front end sent a reply frame ({msg.name()})")
@@ -222,22 +227,32 @@ class Session:
         replies: list[Message] = []
         handler = self._handlers.get(msg.request)  # type: ignore[call-overload]
         ok = True
-        if handler is None:
-            _close_fds(msg.fds)
-            ok = False
-        else:
-            try:
-                reply = handler(msg, actions)
-            except (_RequestFailed, PayloadError):
+        reply = None
+        try:
+            if handler is None:
                 ok = False
-                reply = None
-            if reply is not None:
-                replies.append(reply)
+            else:
+                try:
+                    reply = handler(msg, actions)
+                except (_RequestFailed, PayloadError):
+                    ok = False
+        except ProtocolError:
+            self._close_unhanded(msg, actions)
+            raise
+        if not ok:
+            self._close_unhanded(msg, actions)
+        if reply is not None:
+            replies.append(reply)
         if msg.request not in _HAS_REPLY and msg.need_reply and self.has_protocol_feature(ProtocolFeature.REPLY_ACK):
             replies.append(reply_to(msg, pack_u64(0 if ok else 1)))
         elif not ok and msg.request in _HAS_REPLY and not replies:
             raise ProtocolError(f"cannot answer {msg.name()} with payload of {len(msg.payload)} bytes")
         return Response(replies, actions)
+
+    @staticmethod
+    def _close_unhanded(msg: Message, actions: list[Action]) -> None:
+        handed = {a.fd for a in actions if isinstance(a, (KickFd, CallFd, ErrFd))}
+        _close_fds([fd for fd in msg.fds if fd not in handed])
 
     def close(self) -> list[Action]:
         """The peer is gone: stop every ring and drop the memory. Returns the actions to apply."""
@@ -253,7 +268,6 @@ class Session:
 
     def _no_fds(self, msg: Message) -> None:
         if msg.fds:
-            _close_fds(msg.fds)
             raise _RequestFailed(f"{msg.name()} carries unexpected fds")
 
     def _ring(self, index: int) -> RingState:
@@ -352,16 +366,14 @@ class Session:
         return reply_to(msg, pack_u64(self.num_queues))
 
     def _set_mem_table(self, msg: Message, actions: list[Action]) -> None:
+        table = unpack_memory_table(msg.payload)
+        if len(table) != len(msg.fds):
+            raise _RequestFailed(f"{len(table)} regions but {len(msg.fds)} fds")
         try:
-            table = unpack_memory_table(msg.payload)
-            if len(table) != len(msg.fds):
-                raise _RequestFailed(f"{len(table)} regions but {len(msg.fds)} fds")
-            try:
-                memory = GuestMemory.map_fds(table, msg.fds)
-            except GuestMemoryError as e:
-                raise _RequestFailed(str(e)) from e
-        finally:
-            _close_fds(msg.fds)  # the mappings stay valid without their fds
+            memory = GuestMemory.map_fds(table, msg.fds)
+        except GuestMemoryError as e:
+            raise _RequestFailed(str(e)) from e
+        _close_fds(msg.fds)  # the mappings stay valid without their fds
         old = self.memory
         self.memory = memory
         actions.append(MemoryChanged(memory))
@@ -414,10 +426,8 @@ class Session:
     def _vring_file(self, msg: Message) -> tuple[int, int | None]:
         vf = unpack_vring_file(msg.payload)
         if len(msg.fds) != (1 if vf.has_fd else 0):
-            _close_fds(msg.fds)
             raise _RequestFailed(f"{msg.name()} expects {1 if vf.has_fd else 0} fd, got {len(msg.fds)}")
         if not 0 <= vf.index < self.num_queues:
-            _close_fds(msg.fds)
             raise _RequestFailed(f"ring index {vf.index} out of range")
         return vf.index, (msg.fds[0] if vf.has_fd else None)
 
@@ -471,18 +481,16 @@ class Session:
         return reply_to(msg, pack_inflight(Inflight(size, 0, req.num_queues, req.queue_size)), (fd,))
 
     def _set_inflight_fd(self, msg: Message, actions: list[Action]) -> None:
+        info = unpack_inflight(msg.payload)
+        if len(msg.fds) != 1:
+            raise _RequestFailed(f"SET_INFLIGHT_FD expects 1 fd, got {len(msg.fds)}")
+        if info.mmap_size <= 0 or not 1 <= info.queue_size <= MAX_QUEUE_SIZE:
+            raise _RequestFailed(f"in-flight area of {info.mmap_size} bytes, queue size {info.queue_size}")
         try:
-            info = unpack_inflight(msg.payload)
-            if len(msg.fds) != 1:
-                raise _RequestFailed(f"SET_INFLIGHT_FD expects 1 fd, got {len(msg.fds)}")
-            if info.mmap_size <= 0 or not 1 <= info.queue_size <= MAX_QUEUE_SIZE:
-                raise _RequestFailed(f"in-flight area of {info.mmap_size} bytes, queue size {info.queue_size}")
-            try:
-                m = mmap.mmap(msg.fds[0], info.mmap_offset + info.mmap_size, mmap.MAP_SHARED)
-            except (OSError, ValueError) as e:
-                raise _RequestFailed(f"cannot map the in-flight area: {e}") from e
-        finally:
-            _close_fds(msg.fds)
+            m = mmap.mmap(msg.fds[0], info.mmap_offset + info.mmap_size, mmap.MAP_SHARED)
+        except (OSError, ValueError, OverflowError) as e:
+            raise _RequestFailed(f"cannot map the in-flight area: {e}") from e
+        _close_fds(msg.fds)
         self._adopt_inflight(m, info.queue_size, info.mmap_offset)
         return None
 

@@ -284,3 +284,35 @@ def test_set_vring_base_on_a_running_ring_takes_effect(ram: GuestRam) -> None:
     os.close(kick)
     os.close(kick2)
     s.close()
+
+
+_FD_REQUESTS = [Request.SET_MEM_TABLE, Request.SET_INFLIGHT_FD, Request.SET_VRING_KICK, Request.SET_VRING_CALL,
+                Request.SET_VRING_ERR, Request.SET_LOG_FD, Request.SET_LOG_BASE, Request.SET_BACKEND_REQ_FD,
+                Request.ADD_MEM_REG, Request.GET_INFLIGHT_FD, 99]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_FD_REQUESTS), st.binary(max_size=48), st.integers(0, 2)), max_size=12))
+def test_random_messages_with_fds_never_leak_or_escape(seq) -> None:
+    """Whatever arrives with fds, each fd is either handed to the engine in an action or closed; nothing but
+    ProtocolError escapes."""
+    with GuestRam(4 * PAGE) as ram:
+        s = Session(num_queues=3)
+        negotiate(s)
+        try:
+            for req, payload, nfds in seq:
+                fds = tuple(os.dup(ram.fd) for _ in range(nfds))
+                try:
+                    r = s.handle(msg(req, payload, fds, need_reply=True))
+                except ProtocolError:
+                    r = None
+                handed = {a.fd for a in (r.actions if r else []) if isinstance(a, (KickFd, CallFd, ErrFd))}
+                for fd in fds:
+                    assert fd_is_open(fd) == (fd in handed), f"fd {fd} of {Message(req).name()} leaked or lost"
+                    if fd in handed:
+                        os.close(fd)
+                for rep in r.replies if r else []:
+                    for fd in rep.fds:
+                        os.close(fd)
+        finally:
+            s.close()

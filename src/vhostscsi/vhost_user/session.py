@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from dataclasses import dataclass, field
-from typing import NamedTuple, Union
+from dataclasses import dataclass
 
 from vhostscsi.vhost_user.codec import (
     Inflight,
@@ -47,85 +46,24 @@ from vhostscsi.vhost_user.protocol import (
     bit,
 )
 from vhostscsi.virtio.memory import GuestMemory, GuestMemoryError
-from vhostscsi.virtio.virtqueue import (
-    MAX_QUEUE_SIZE,
-    Chain,
-    InflightQueue,
-    SplitVirtqueue,
-    VirtqueueError,
-    attach_inflight,
-    inflight_queue_bytes,
+from vhostscsi.vhost_user.actions import (
+    Action,
+    CallFd,
+    ErrFd,
+    KickFd,
+    MemoryChanged,
+    Response,
+    RingEnabled,
+    RingStarted,
+    RingStopped,
 )
+from vhostscsi.virtio.inflight import InflightQueue, attach_inflight, inflight_queue_bytes
+from vhostscsi.virtio.virtqueue import MAX_QUEUE_SIZE, Chain, SplitVirtqueue, VirtqueueError
 
-# ---- actions for the engine ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryChanged:
-    """A new memory table is in force; rings were rebuilt over it (RingStarted follows for running rings)."""
-
-    memory: GuestMemory
-
-
-@dataclass(frozen=True, slots=True)
-class RingStarted:
-    """Serve ring `index` with `vq` from now on (replaces any earlier vq of that ring).
-
-    `resubmit` holds chains taken from the ring by a previous back-end process and never completed (from the
-    in-flight area); run them first, then drain the ring as usual.
-    """
-
-    index: int
-    vq: SplitVirtqueue
-    resubmit: list[Chain] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class RingStopped:
-    """Stop serving ring `index` (GET_VRING_BASE, reset, memory gone). Its last_avail_idx was already reported."""
-
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class KickFd:
-    """Ring `index` is kicked through `fd` from now on (None: no kick fd any more); close the previous one."""
-
-    index: int
-    fd: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class CallFd:
-    """Signal completions of ring `index` on `fd` (None: none); close the previous one."""
-
-    index: int
-    fd: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class ErrFd:
-    """Report ring `index` errors (a broken ring) on `fd` (None: none); close the previous one."""
-
-    index: int
-    fd: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class RingEnabled:
-    """SET_VRING_ENABLE: while disabled, do not process ring `index` (kicks may be left pending)."""
-
-    index: int
-    enabled: bool
-
-
-Action = Union[MemoryChanged, RingStarted, RingStopped, KickFd, CallFd, ErrFd, RingEnabled]
-
-
-class Response(NamedTuple):
-    replies: list[Message]
-    actions: list[Action]
-
+__all__ = [
+    "Action", "CallFd", "ErrFd", "KickFd", "MemoryChanged", "Response", "RingEnabled", "RingStarted",
+    "RingStopped", "Session",
+]
 
 class _RequestFailed(Exception):
     """One request cannot be honoured; REPLY_ACK gets a failure, the connection lives on."""

@@ -10,15 +10,13 @@ from hypothesis import strategies as st
 
 from vhostscsi.hostdriver.guestram import GuestRam
 from vhostscsi.hostdriver.vring import Desc, DriverRing
+from vhostscsi.virtio.inflight import InflightQueue, attach_inflight, inflight_queue_bytes
 from vhostscsi.virtio.virtqueue import (
     VRING_DESC_F_INDIRECT,
     VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE,
-    InflightQueue,
     SplitVirtqueue,
     VirtqueueError,
-    attach_inflight,
-    inflight_queue_bytes,
     vring_need_event,
 )
 

@@ -121,9 +121,11 @@ def _expected_backing(so: StorageObject) -> dict[str, str]:
 
 def _lio_defaults(so: StorageObject) -> dict[str, int]:
     """LIO's values right after enable: targetcli's defaults minus what targetcli itself changes."""
-    limits = {k: so.attributes[k] for k in ("hw_max_sectors", "hw_queue_depth") if k in so.attributes}
+    attrs = so.attributes
     base = default_attributes(so.plugin, write_back=so.write_back,
-                              block_size=int(so.attributes.get("hw_block_size", 512)), **limits)
+                              block_size=int(attrs.get("hw_block_size", 512)),
+                              hw_max_sectors=attrs.get("hw_max_sectors"),
+                              hw_queue_depth=attrs.get("hw_queue_depth"))
     base["emulate_model_alias"] = 0  # targetcli turns it on; LIO starts with it off
     return base
 

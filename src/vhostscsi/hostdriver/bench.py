@@ -21,6 +21,7 @@ from vhostscsi.hostdriver.frontend import FrontEnd, FrontEndError
 from vhostscsi.hostdriver.guestram import GuestRam
 from vhostscsi.hostdriver.initiator import ScsiInitiator, build_request
 from vhostscsi.hostdriver.vring import DriverRing
+from vhostscsi.vhost_user.protocol import VIRTIO_RING_F_EVENT_IDX, bit
 from vhostscsi.virtio import scsi as vs
 
 _BLK_T_IN = 0
@@ -117,7 +118,7 @@ def run(fe: FrontEnd, args: argparse.Namespace) -> BenchResult:
             fe.negotiate()
             fe.set_mem_table(ram)
             q = 0
-            ring = DriverRing(ram, args.queue_size, event_idx=bool(fe.features & (1 << 29)))
+            ring = DriverRing(ram, args.queue_size, event_idx=bool(fe.features & bit(VIRTIO_RING_F_EVENT_IDX)))
             fe.setup_ring(q, ring)
         write = args.rw == "write"
         slots = _make_slots(ram, args, write)

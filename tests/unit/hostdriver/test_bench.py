@@ -44,3 +44,40 @@ def test_bench_counts_failures(harness_factory) -> None:
 def test_bench_rejects_bad_block_size(capsys) -> None:
     assert bench.main(["--inproc", "--bs", "1000"]) == 2
     assert "multiple of 512" in capsys.readouterr().err
+
+
+def test_bench_drives_qemu_storage_daemon(tmp_path) -> None:
+    """QEMU's own C back end (vhost-user-blk) accepts our front end: the stand-in speaks the protocol as QEMU
+    does, so a peer we did not write agrees with it, and its figures are comparable with ours."""
+    import shutil
+    import subprocess
+    import time
+
+    import pytest
+
+    from vhostscsi.hostdriver.frontend import FrontEnd
+
+    qsd = shutil.which("qemu-storage-daemon")
+    if qsd is None:
+        pytest.skip("qemu-storage-daemon is not installed")
+    img = tmp_path / "disk.img"
+    img.write_bytes(b"\x11" * (1 << 20))
+    sock = tmp_path / "blk.sock"
+    proc = subprocess.Popen(
+        [qsd, "--blockdev", f"driver=file,filename={img},node-name=f",
+         "--export", f"type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={sock},writable=on,num-queues=1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        fe = FrontEnd.connect(str(sock))
+        try:
+            res = bench.run(fe, _args(device="blk", rw="write", seconds=0.5))
+        finally:
+            fe.close()
+        assert res.ios > 8 and res.errors == 0
+        assert img.read_bytes()[:4096] == bytes(4096)  # our zeroed guest buffers reached QEMU's file
+    finally:
+        proc.kill()
+        proc.wait()

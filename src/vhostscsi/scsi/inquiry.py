@@ -34,6 +34,11 @@ DEFAULT_ALUA_ACCESS_TYPE = TPGS_EXPLICIT_ALUA | TPGS_IMPLICIT_ALUA
 VPD_PAGES = (0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2, 0xB3)
 
 
+def transport_version_descriptor(proto_id: int) -> int:
+    """spc_find_scsi_transport_vd(): 0 for a protocol without one."""
+    return _TRANSPORT_VD.get(proto_id, 0)
+
+
 def _pad(text: str, n: int) -> bytes:
     return text.encode("ascii", "replace")[:n].ljust(n, b" ")
 
@@ -55,7 +60,7 @@ def standard_inquiry(dev: Device, port: TargetPort) -> bytearray:
     buf[16:32] = _pad(dev.model, 16)
     buf[32:36] = _pad(dev.revision, 4)
     buf[58:60] = VD_SAM5.to_bytes(2, "big")
-    buf[60:62] = _TRANSPORT_VD.get(port.proto_id, 0).to_bytes(2, "big")
+    buf[60:62] = transport_version_descriptor(port.proto_id).to_bytes(2, "big")
     buf[62:64] = VD_SPC4.to_bytes(2, "big")
     buf[64:66] = VD_SBC3.to_bytes(2, "big")
     return buf
@@ -160,8 +165,7 @@ def _evpd_b0(dev: Device, port: TargetPort, lun_id: int) -> bytearray:
     buf[4] = 0x01  # WSNZ
     if a.get("emulate_caw", 1):
         buf[5] = 0x01  # MAXIMUM COMPARE AND WRITE LENGTH
-    io_min = int(a.get("hw_io_min", 0) or 0)
-    buf[6:8] = ((io_min // dev.block_size) if io_min else 1).to_bytes(2, "big")
+    buf[6:8] = (1).to_bytes(2, "big")  # OPTIMAL TRANSFER LENGTH GRANULARITY (no io_min hint)
     # MAXIMUM TRANSFER LENGTH: min_not_zero(fabric limit, hw_max_sectors)
     mtl = (2048 * 4096) // dev.block_size
     hw = int(a.get("hw_max_sectors", 0) or 0)
@@ -175,11 +179,9 @@ def _evpd_b0(dev: Device, port: TargetPort, lun_id: int) -> bytearray:
         buf[32:36] = align.to_bytes(4, "big")
         if align:
             buf[32] |= 0x80  # UGAVALID
+        # MAXIMUM WRITE SAME LENGTH: LIO also writes it into the short page, past the 20
+        # bytes it returns, so only the long page shows it.
         buf[36:44] = (int(a.get("max_write_same_len", 0)) & (2**64 - 1)).to_bytes(8, "big")
-    else:
-        # LIO writes MAXIMUM WRITE SAME LENGTH at byte 36 even into the short page; only the
-        # first 20 bytes (page length 10h + 4) are returned, so nothing of it is visible.
-        pass
     return buf
 
 

@@ -62,6 +62,12 @@ class TargetPort:
         self._luns: dict[int, LunEntry] = {}
         self._nexuses: set[str] = set()
 
+    def transport_vd(self) -> int:
+        """The version descriptor of this port's SCSI transport (INQUIRY bytes 60-61)."""
+        from vhostscsi.scsi.inquiry import transport_version_descriptor
+
+        return transport_version_descriptor(self.proto_id)
+
     # --- configuration -------------------------------------------------------------------
     def add_lun(self, lun_id: int, dev: Device, write_protect: bool = False) -> None:
         """Export ``dev`` as ``lun_id``; initiators already seen get REPORTED LUNS DATA HAS
@@ -79,14 +85,15 @@ class TargetPort:
             return
         entry.dev.remove_export(self.rtpi)
         pr = entry.dev.pr
-        # core_disable_device_list_for_node: the initiators' registrations made through this
-        # LUN go with it (and an SPC-2 reservation held through it)
-        for reg in [r for r in pr.regs if r.lun is entry]:
-            pr.remove(reg)
-        if pr.spc2 is not None and pr.spc2[0] is self and not any(
-                e.dev is entry.dev for e in self._luns.values()):
-            pr.spc2 = None
-        pr._update()
+        with pr.lock:
+            # core_disable_device_list_for_node: the initiators' registrations made through
+            # this LUN go with it (and an SPC-2 reservation held through it)
+            for reg in [r for r in pr.regs if r.lun is entry]:
+                pr.remove(reg)
+            if pr.spc2 is not None and pr.spc2[0] is self and not any(
+                    e.dev is entry.dev for e in self._luns.values()):
+                pr.spc2 = None
+            pr.refresh_active()
         self._luns_changed(skip=None)
 
     def _luns_changed(self, skip: int | None) -> None:
@@ -116,9 +123,9 @@ class TargetPort:
         if entry is None:
             return
         pr = entry.dev.pr
-        if pr.spc2 is not None:
+        with pr.lock:
             pr.spc2 = None
-            pr._update()
+            pr.refresh_active()
         self._nexuses.add(nexus)
         ua_mod.allocate(entry, nexus, *ua_mod.BUS_DEVICE_RESET)
 
@@ -127,9 +134,10 @@ class TargetPort:
         OCCURRED on every LUN for it."""
         for entry in self._luns.values():
             pr = entry.dev.pr
-            if pr.spc2 is not None and pr.spc2[0] is self and pr.spc2[1] == nexus:
-                pr.spc2 = None
-                pr._update()
+            with pr.lock:
+                if pr.spc2 is not None and pr.spc2[0] is self and pr.spc2[1] == nexus:
+                    pr.spc2 = None
+                    pr.refresh_active()
             ua_mod.allocate(entry, nexus, *ua_mod.I_T_NEXUS_LOSS)
 
     def notify_capacity_changed(self, lun_id: int) -> None:
@@ -180,9 +188,9 @@ class TargetPort:
 
     def _no_lun(self, nexus: str, lun_id: int, cdb: bytes | memoryview, dout: Bufs,
                 din: Bufs) -> ScsiResult:
-        """No LUN here. LUN 0 is LIO's virtual LUN 0: REPORT LUNS and INQUIRY (peripheral
-        qualifier 3, nothing connected) work, writes are refused; any other LUN is
-        LOGICAL UNIT NOT SUPPORTED."""
+        """No LUN here. LUN 0 is LIO's virtual LUN 0 (a read-only dummy rd_mcp device):
+        standard INQUIRY answers "not connected" (0x3f), REPORT LUNS lists the real LUNs,
+        writes are refused; anything else, and any other LUN, is LOGICAL UNIT NOT SUPPORTED."""
         if lun_id != 0:
             return Reason.NON_EXISTENT_LUN
         if dout and total(dout):
@@ -192,11 +200,19 @@ class TargetPort:
             alloc = int.from_bytes(bytes(cdb[6:10]), "big")
             return reply(din, spc.report_luns_data(self.luns()), alloc)
         if code == op.INQUIRY and not (cdb[1] & 1) and not cdb[2]:
-            buf = bytearray(36)
-            buf[0] = 0x7F
-            buf[2] = 0x06
-            buf[3] = 0x02
-            buf[4] = 31
-            buf[8:36] = b"LIO-ORG " + b" " * 16 + b"4.0 "
-            return reply(din, buf, (cdb[3] << 8) | cdb[4])
+            return reply(din, virtual_lun0_inquiry(self), (cdb[3] << 8) | cdb[4])
         return Reason.NON_EXISTENT_LUN
+
+
+def virtual_lun0_inquiry(port: TargetPort) -> bytes:
+    """Standard INQUIRY of LIO's virtual LUN 0: the dummy rd_mcp device (type 0x3f)."""
+    buf = bytearray(96)
+    buf[0] = 0x3F  # peripheral qualifier 1, no device type: nothing connected here
+    buf[2] = 0x06
+    buf[3] = 0x02
+    buf[4] = 91
+    buf[5] = 0xB8  # SCCS, TPGS 11b, 3PC: the dummy device's defaults
+    buf[7] = 0x02
+    buf[8:36] = b"LIO-ORG RAMDISK-MCP     4.0 "
+    buf[58:64] = bytes.fromhex("00a0") + port.transport_vd().to_bytes(2, "big") + bytes.fromhex("0460")
+    return bytes(buf)

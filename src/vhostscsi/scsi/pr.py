@@ -9,6 +9,7 @@ is sans-I/O, so persisting it is the engine's business.
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -59,6 +60,9 @@ class PrState:
     """Reservation state of one logical unit."""
 
     def __init__(self) -> None:
+        # Ports sharing the device may run on different threads: PR commands and reservation
+        # changes hold this (LIO's dev_reservation_lock); the data path only reads `active`.
+        self.lock = threading.Lock()
         self.regs: list[Registration] = []
         self.holder: Registration | None = None
         self.type = 0
@@ -69,7 +73,7 @@ class PrState:
         self.spc2: tuple[TargetPort, str] | None = None
         self.active = False  # any reservation at all: the data path tests only this
 
-    def _update(self) -> None:
+    def refresh_active(self) -> None:
         self.active = self.holder is not None or self.spc2 is not None
 
     def find(self, port: TargetPort, nexus: str) -> Registration | None:
@@ -91,13 +95,13 @@ class PrState:
         self.holder = None
         self.type = 0
         self.scope = 0
-        self._update()
+        self.refresh_active()
 
     def reserve(self, reg: Registration, type_: int, scope: int) -> None:
         self.holder = reg
         self.type = type_
         self.scope = scope
-        self._update()
+        self.refresh_active()
 
     def remove(self, reg: Registration) -> None:
         """Free a registration; an all-registrants reservation moves to another registrant."""
@@ -225,7 +229,11 @@ def _reserve_release(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | m
     reserve = code in (op.RESERVE, op.RESERVE_10)
     if reserve and (cdb[1] & 0x01) and (cdb[1] & 0x02):
         return Reason.UNSUPPORTED_SCSI_OPCODE  # LongIO + obsolete bits
-    pr = dev.pr
+    with dev.pr.lock:
+        return _spc2(dev.pr, port, nexus, reserve)
+
+
+def _spc2(pr: PrState, port: TargetPort, nexus: str, reserve: bool) -> ScsiResult:
     rc = _scsi2_vs_pr(pr, port, nexus)
     if rc == 1:
         return GOOD
@@ -238,7 +246,7 @@ def _reserve_release(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | m
         pr.spc2 = (port, nexus)
     elif mine:
         pr.spc2 = None
-    pr._update()
+    pr.refresh_active()
     return GOOD
 
 
@@ -340,7 +348,8 @@ def _pr_in(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryview,
     dl = min(alloc, total(din)) if din else 0
     if dl < _PRI_MIN[sa]:
         return Reason.INVALID_CDB_FIELD
-    data, length = fn(pr, dl)
+    with pr.lock:
+        data, length = fn(pr, dl)
     return reply(din, data, alloc, dl if length is None else length)
 
 
@@ -525,6 +534,14 @@ def _pr_out(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryview
         return Reason.INVALID_PARAMETER_LIST
     if not spec_i_pt and sa != op.PRO_REGISTER_AND_MOVE and dl != 24:
         return Reason.PARAMETER_LIST_LENGTH_ERROR
+    with pr.lock:
+        return _pr_out_action(pr, port, lun, nexus, sa, type_, scope, res_key, sa_key, aptpl,
+                              all_tg_pt, spec_i_pt)
+
+
+def _pr_out_action(pr: PrState, port: TargetPort, lun: LunEntry, nexus: str, sa: int,
+                   type_: int, scope: int, res_key: int, sa_key: int, aptpl: bool,
+                   all_tg_pt: bool, spec_i_pt: bool) -> ScsiResult:
     if sa == op.PRO_REGISTER:
         return _register(pr, port, lun, nexus, res_key, sa_key, aptpl, all_tg_pt, spec_i_pt, False)
     if sa == op.PRO_REGISTER_AND_IGNORE_EXISTING_KEY:

@@ -104,13 +104,6 @@ def _report_luns(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memor
     stop = admit(port, lun, nexus, cdb, dout, din, alloc)
     if stop is not None:
         return stop
-    if lun.ua:
-        # REPORT LUNS clears REPORTED LUNS DATA HAS CHANGED for this initiator.
-        q = lun.ua.get(nexus)
-        if q and ua_mod.REPORTED_LUNS_DATA_HAS_CHANGED in q:
-            q.remove(ua_mod.REPORTED_LUNS_DATA_HAS_CHANGED)
-            if not q:
-                del lun.ua[nexus]
     return reply(din, report_luns_data(port.luns()), alloc)
 
 

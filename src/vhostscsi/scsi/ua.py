@@ -6,11 +6,17 @@ tests one dict for truthiness to know nothing is pending.
 
 from __future__ import annotations
 
+import threading
 from typing import Protocol
+
+from vhostscsi.scsi import opcodes as op
 
 __all__ = ["allocate", "take", "exempt"]
 
-from vhostscsi.scsi import opcodes as op
+# Unit attentions for one port's LUN can be raised from another port's thread (a PR change
+# on a shared device). Queue changes are rare, so one small lock covers them; the data path
+# never takes it (it only tests `lun.ua` for emptiness).
+_LOCK = threading.Lock()
 
 # SAM: INQUIRY, REPORT LUNS and REQUEST SENSE run despite a pending unit attention.
 _EXEMPT = frozenset((op.INQUIRY, op.REPORT_LUNS, op.REQUEST_SENSE))
@@ -41,6 +47,11 @@ def allocate(lun: HasUa, nexus: str, asc: int, ascq: int) -> None:
     Duplicates are dropped; 29h (reset family) conditions go to the head, higher ASCQ first;
     everything else to the tail. Like LIO, only the head entry is compared for priority.
     """
+    with _LOCK:
+        _allocate(lun, nexus, asc, ascq)
+
+
+def _allocate(lun: HasUa, nexus: str, asc: int, ascq: int) -> None:
     q = lun.ua.get(nexus)
     if q is None:
         lun.ua[nexus] = [(asc, ascq)]
@@ -62,10 +73,12 @@ def allocate(lun: HasUa, nexus: str, asc: int, ascq: int) -> None:
 
 def take(lun: HasUa, nexus: str, intlck_ctrl: int = 0) -> tuple[int, int] | None:
     """Report the highest-priority condition; with UA_INTLCK_CTRL 00b clear them all (LIO)."""
-    q = lun.ua.get(nexus)
-    if not q:
-        return None
-    head = q[0]
-    if intlck_ctrl == 0:
-        del lun.ua[nexus]
-    return head
+    with _LOCK:
+        q = lun.ua.get(nexus)
+        if not q:
+            return None
+        head = q[0]
+        if intlck_ctrl == 0:
+            del lun.ua[nexus]
+        return head
+

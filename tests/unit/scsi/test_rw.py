@@ -119,7 +119,10 @@ def test_report_luns_and_unknown_luns() -> None:
     assert run(p, [0x00] * 6, lun=5).key_asc == (5, 0x25, 0)
     p.remove_lun(0)
     inq = run(p, [0x12, 0, 0, 0, 96, 0], lun=0, alloc=96)
-    assert inq.status == 0 and inq.data[0] == 0x7F
+    assert inq.status == 0 and inq.data[0] == 0x3F and inq.data[16:32] == b"RAMDISK-MCP     "
+    assert run(p, cdb10(0x2A, 0, 1), dout=bytes(512), lun=0).key_asc == (7, 0x27, 0)
+    assert run(p, [0, 0, 0, 0, 0, 0], lun=0).key_asc == (5, 0x25, 0)
+    assert run(p, [0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 0, 0], alloc=255).data[8:10] == bytes([0, 3])
 
 
 def test_unknown_opcode_and_empty_cdb() -> None:

@@ -65,14 +65,18 @@ def test_unit_attention_priority_and_clearing() -> None:
     assert run(p, TUR).status == 0  # LIO (UA_INTLCK_CTRL 00b) clears them all at once
 
 
-def test_new_lun_raises_reported_luns_changed_and_report_luns_clears_it() -> None:
+def test_new_lun_raises_reported_luns_changed_on_the_other_luns() -> None:
     p = port_with(ramdisk())
     run(p, TUR)
     p.add_lun(1, ramdisk(name="d1"))
-    assert run(p, TUR, lun=1).status == 0
+    assert run(p, TUR, lun=1).status == 0  # the new LUN itself has nothing pending
     a = run(p, [0xA0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], alloc=256)
     assert a.status == 0 and a.data[:4] == (16).to_bytes(4, "big")
+    # LIO's REPORT LUNS neither reports nor clears it: the next command on LUN 0 gets it
+    assert run(p, TUR).key_asc == (6, 0x3F, 0x0E)
     assert run(p, TUR).status == 0
+    p.remove_lun(1)
+    assert run(p, TUR).key_asc == (6, 0x3F, 0x0E)
 
 
 def test_mode_select_accepts_only_current_values() -> None:

@@ -483,3 +483,19 @@ def test_random_vhost_user_messages_never_kill_the_daemon(served: Served) -> Non
     left = {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
     assert len(left) <= baseline_fds, f"fds leaked by the fuzzed connections: {left}"
     assert "Traceback" not in served.log(), served.log()
+
+
+def test_a_new_call_fd_is_signalled_once(served: Served, guest) -> None:
+    """QEMU swaps call fds after starting rings (and around a reconnect): a completion signalled on the old fd
+    would be lost, and the guest would wait for it forever. The new fd gets one (harmless) signal."""
+    from vhostscsi.vhost_user import codec
+    from vhostscsi.vhost_user.protocol import Request
+
+    fe, ram, init = guest
+    assert init.command(TUR).response == vs.S_OK
+    new_call = os.eventfd(0, os.EFD_NONBLOCK)
+    fe.request(Request.SET_VRING_CALL, codec.pack_vring_file(2, True), (new_call,))
+    old_call, fe.rings[2].call = fe.rings[2].call, new_call
+    os.close(old_call)
+    assert fe.wait_call(2, 5.0)
+    assert init.command(INQUIRY, data_in_len=96).status == 0  # and completions keep coming on the new fd

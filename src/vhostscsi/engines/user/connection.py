@@ -184,7 +184,7 @@ class Connection:
             if isinstance(a, KickFd):
                 self._set_kick(a.index, a.fd)
             elif isinstance(a, CallFd):
-                self.rings[a.index].set_call(a.fd)
+                self.rings[a.index].new_call_fd(a.fd)
             elif isinstance(a, ErrFd):
                 self.rings[a.index].set_err(a.fd)
             elif isinstance(a, RingStarted):

@@ -56,6 +56,14 @@ class RingIO:
         _close(self.call)
         self.call = fd
 
+    def new_call_fd(self, fd: int | None) -> None:
+        """Take a new call fd; on a running ring, signal it once. Completions pushed while the front end was
+        switching fds (QEMU sets them after starting the rings, and again around a reconnect) were signalled to
+        an fd nobody reads any more; an interrupt with nothing new in the used ring costs the guest nothing."""
+        self.set_call(fd)
+        if fd is not None and self.started:
+            _signal(fd)
+
     def set_err(self, fd: int | None) -> None:
         _close(self.err)
         self.err = fd

@@ -1,0 +1,108 @@
+"""Restarting `vhostscsi serve` under a running guest: SIGTERM (drain, exit 0) and SIGKILL (a crash).
+
+Needs a QEMU whose vhost-user-scsi reconnects to a restarted back end (`-chardev socket,...,reconnect-ms=`,
+QEMU 8.2 and later; Debian 12's 7.2 cannot): set VHOSTSCSI_QEMU to its binary (for example Debian's
+bookworm-backports qemu-system-x86 10.0), or have one first on PATH. The guest writes, reads back and compares
+a fresh random block every 0.3 s while the daemon is stopped and started twice; every round must pass, with
+no error and no hang.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
+from vhostscsi.config.store import save_config
+from vhostscsi.guestkit import GNU_DD, VIRTIO_SCSI_MODULES, GuestImage, GuestkitError, shared_memory_args, start_guest
+
+pytestmark = pytest.mark.guest
+
+WWN = "naa.5001405c0ffee002"
+ROUNDS = 24
+SCRIPT = f"""
+for i in $(seq 100); do [ -b /dev/sda ] && break; sleep 0.1; done
+for i in $(seq 1 {ROUNDS}); do
+  {GNU_DD} if=/dev/urandom of=/tmp/p bs=64k count=4 2>/dev/null
+  {GNU_DD} if=/tmp/p of=/dev/sda bs=64k seek=$((i * 4)) oflag=direct 2>/dev/null || echo "WRITE-FAILED $i"
+  {GNU_DD} if=/dev/sda of=/tmp/b bs=64k skip=$((i * 4)) count=4 iflag=direct 2>/dev/null || echo "READ-FAILED $i"
+  cmp /tmp/p /tmp/b >/dev/null && echo "ROUND $i ok" || echo "ROUND $i MISMATCH"
+  sleep 0.3
+done
+"""
+
+
+def reconnecting_qemu() -> tuple[str, list[str]]:
+    """(binary, extra -L args) of a QEMU that can reconnect vhost-user-scsi, or skip saying how to get one."""
+    qemu = os.environ.get("VHOSTSCSI_QEMU") or shutil.which("qemu-system-x86_64")
+    if not qemu:
+        pytest.skip("no qemu-system-x86_64")
+    out = subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"version (\d+)\.(\d+)", out)
+    if not m or (int(m.group(1)), int(m.group(2))) < (8, 2):
+        pytest.skip(f"{qemu} is {out.splitlines()[0] if out else '?'}: vhost-user-scsi reconnect needs QEMU 8.2+ "
+                    "(set VHOSTSCSI_QEMU, e.g. to bookworm-backports' qemu-system-x86_64)")
+    # A QEMU unpacked outside /usr (dpkg -x) finds its firmware next to it.
+    share = Path(qemu).resolve().parents[1] / "share"
+    extra = [a for d in ("qemu", "seabios") if (share / d).is_dir() for a in ("-L", str(share / d))]
+    return qemu, extra
+
+
+def test_guest_io_survives_daemon_restart_and_crash(tmp_path: Path) -> None:
+    qemu, extra = reconnecting_qemu()
+    try:
+        img = GuestImage.build(extra_binaries=[GNU_DD], modules=VIRTIO_SCSI_MODULES, init_script=SCRIPT)
+    except GuestkitError as e:
+        pytest.skip(str(e))
+    disk = tmp_path / "disk0.img"
+    with open(disk, "wb") as f:
+        f.truncate(64 << 20)
+    cfg = Config()
+    so = cfg.add_storage_object(new_storage_object("fileio", "disk0", dev=str(disk), size=64 << 20))
+    cfg.add_target(new_vhost_target(WWN)).tpgs[0].add_lun(so)
+    save_config(cfg, tmp_path / "saveconfig.json")
+    sock = tmp_path / "run" / f"{WWN}.sock"
+    log_path = tmp_path / "serve.log"
+
+    def serve() -> subprocess.Popen[bytes]:
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "vhostscsi", "serve", "--config",
+                                     str(tmp_path / "saveconfig.json"), "--socket-dir", str(sock.parent)],
+                                    stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return proc
+
+    daemon = serve()
+    args = extra + shared_memory_args(512) + [
+        "-chardev", f"socket,id=vus0,path={sock},reconnect-ms=200",
+        "-device", "vhost-user-scsi-pci,chardev=vus0",
+    ]
+    try:
+        with start_guest(img, args, workdir=tmp_path / "guest", qemu=qemu) as g:
+            g.wait_for("ROUND 3 ok", timeout=180)
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(30) == 0
+            daemon = serve()
+            g.wait_for("ROUND 9 ok", timeout=60)
+            daemon.kill()
+            daemon.wait()
+            daemon = serve()
+            text = g.wait(timeout=120)
+        rounds = re.findall(r"^ROUND (\d+) (\S+)$", text, re.M)
+        assert rounds == [(str(i), "ok") for i in range(1, ROUNDS + 1)], text[-3000:]
+        assert "FAILED" not in text and g.exit_code == 0
+        assert len(re.findall(r"connected: qemu-system", log_path.read_text())) >= 3
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()

@@ -154,7 +154,7 @@ class TargetPort:
                 data_out: Bufs, data_in: Bufs) -> ScsiResult:
         """Run one command; never raises for anything an initiator can send."""
         try:
-            if len(cdb) < 16:
+            if len(cdb) < 32:  # the virtio layer passes the full 32-byte CDB field
                 if not len(cdb):
                     return Reason.INVALID_CDB_FIELD
                 cdb = bytes(cdb).ljust(32, b"\x00")

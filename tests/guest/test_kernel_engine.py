@@ -88,6 +88,8 @@ step model-alias; cat @T@/core/fileio_0/disk0/attrib/emulate_model_alias
 step write-cache; cat @T@/core/fileio_0/disk0/attrib/emulate_write_cache
 step nexus; cat @TPG@/nexus
 step wp; cat @TPG@/acls/@NEXUS@/lun_0/write_protect @TPG@/acls/@NEXUS@/lun_1/write_protect @TPG@/acls/@NEXUS@/lun_2/write_protect
+step qemu; A=$(@PYTHON@ -m vhostscsi qemu-args @WWN@ --config $D/three-luns.json --bus pci.0 --addr 0x5)
+printf 'info pci\nquit\n' | timeout 120 qemu-system-x86_64 -accel tcg -nodefaults -display none -S -m 64 $A -monitor stdio 2>&1 | grep -E -A1 'device +5,|qemu-system' | grep -v '^--'
 step apply2; $V apply --config $D/three-luns.json; echo "rc=$?"
 step dry2; $V apply --dry-run --config $D/three-luns.json; echo "rc=$?"
 step status2; $V status --config $D/three-luns.json; echo "rc=$?"
@@ -117,7 +119,7 @@ def test_kernel_apply_in_a_real_lio(tmp_path: Path) -> None:
     kernel = generic_kernel()
     write_configs(tmp_path)
     script = (GUEST_SCRIPT.replace("@PYTHON@", sys.executable).replace("@DIR@", str(tmp_path))
-              .replace("@TPG@", TPG).replace("@T@", T).replace("@NEXUS@", NEXUS))
+              .replace("@TPG@", TPG).replace("@T@", T).replace("@NEXUS@", NEXUS).replace("@WWN@", WWN))
     try:
         img = GuestImage.build(None, modules=["virtio_pci", "9pnet_virtio", "9p"], init_script=script,
                                kernel=kernel)
@@ -153,6 +155,10 @@ def test_kernel_apply_in_a_real_lio(tmp_path: Path) -> None:
     assert s["model-alias"] == "1" and s["write-cache"] == "1"
     assert s["nexus"] == NEXUS
     assert s["wp"].split() == ["0", "1", "0"]
+
+    # QEMU takes the printed arguments with the real /dev/vhost-scsi: the device sits in slot 5
+    assert s["qemu"].splitlines() == ["  Bus  0, device   5, function 0:",
+                                      "    SCSI controller: PCI device 1af4:1004"], s["qemu"]
 
     assert s["apply2"] == "nothing to do: LIO matches the configuration\nrc=0"
     assert s["dry2"] == "rc=0"  # an empty plan

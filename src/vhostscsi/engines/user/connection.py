@@ -155,7 +155,8 @@ class Connection:
             self._handle(msg)
 
     def _handle(self, msg: Message) -> None:
-        log.debug("%s: <- %s %s", self.label, msg.name(), msg.payload.hex())
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: <- %s %s", self.label, msg.name(), msg.payload.hex())
         arrived = {fd: _identity(fd) for fd in msg.fds}
         try:
             response = self.session.handle(msg)

@@ -131,3 +131,28 @@ def test_unknown_opcode_and_empty_cdb() -> None:
     assert run(p, [0xC0] + [0] * 15).key_asc == (5, 0x20, 0)
     r = p.execute(NEXUS, 0, b"", [], [])
     assert r.status == 2 and r.sense[12] == 0x24
+
+
+def test_data_path_hands_the_guest_buffers_to_the_backstore_uncopied() -> None:
+    """READ and WRITE pass the very buffer list (or views of it) to the backstore."""
+    from tests.unit.scsi.helpers import RecordingBackstore, SERIAL
+
+    seen: list[object] = []
+
+    class Spy(RecordingBackstore):
+        def readv(self, offset: int, bufs: list[memoryview]) -> None:  # type: ignore[override]
+            seen.append(bufs)
+            super().readv(offset, bufs)
+
+        def writev(self, offset: int, bufs: list[memoryview], fua: bool = False) -> None:  # type: ignore[override]
+            seen.append(bufs)
+            super().writev(offset, bufs, fua)
+
+    dev = Device(Spy(1 << 20), "d", SERIAL, {}, True)
+    p = port_with(dev)
+    out = [memoryview(bytearray(b"\x07" * 4096))]
+    assert p.execute(NEXUS, 0, cdb10(0x2A, 8, 8), out, []).status == 0
+    assert seen[-1] is out
+    din = [memoryview(bytearray(2048)), memoryview(bytearray(2048))]
+    assert p.execute(NEXUS, 0, cdb10(0x28, 8, 8), [], din).status == 0
+    assert seen[-1] is din and bytes(din[1]) == b"\x07" * 2048

@@ -155,3 +155,25 @@ def test_big_lun_uses_descriptor_sense_and_d_sense(tmp_path: object) -> None:
     rc16 = run(p, cdb16(0x9E, 0, 32, b1=0x10), alloc=32)
     assert struct.unpack(">Q", rc16.data[:8])[0] == (1 << 32) + 7
     bs.close()
+
+
+def test_fileio_resize_of_a_real_file_reaches_the_guest(tmp_path: object) -> None:
+    """A file opened without a configured size follows the file: grow it, notify, and the
+    guest gets CAPACITY DATA HAS CHANGED then the new capacity."""
+    from vhostscsi.backstores import FileIOBackstore
+    from vhostscsi.scsi import Device
+
+    path = f"{tmp_path}/grow.img"
+    with open(path, "wb") as f:
+        f.truncate(1 << 20)
+    bs = FileIOBackstore("grow", path, size=0, block_size=512, write_back=True)
+    p = TargetPort(WWN, 1)
+    p.add_lun(0, Device(bs, "grow", "x", {}, True))
+    assert run(p, [0x25] + [0] * 9, alloc=8).data[:4] == (2047).to_bytes(4, "big")
+    with open(path, "r+b") as f:
+        f.truncate(2 << 20)
+    p.notify_capacity_changed(0)
+    assert run(p, [0x25] + [0] * 9, alloc=8).key_asc == (6, 0x2A, 0x09)
+    assert run(p, [0x25] + [0] * 9, alloc=8).data[:4] == (4095).to_bytes(4, "big")
+    assert run(p, cdb10(0x28, 4095, 1), alloc=512).status == 0
+    bs.close()

@@ -42,7 +42,7 @@ class MemoryRegion:
 class GuestMemory:
     """The set of regions from one SET_MEM_TABLE (or ADD/REM_MEM_REG); immutable once built."""
 
-    __slots__ = ("regions", "_mmaps", "_last")
+    __slots__ = ("regions", "_mmaps", "_last", "last")
 
     def __init__(self, regions: Sequence[MemoryRegion], mmaps: Sequence[mmap.mmap] = ()) -> None:
         regs = sorted(regions, key=lambda r: r.gpa)
@@ -58,7 +58,11 @@ class GuestMemory:
                 raise GuestMemoryError(f"regions at uva {a.uva:#x} and {b.uva:#x} overlap")
         self.regions: tuple[MemoryRegion, ...] = tuple(regs)
         self._mmaps = list(mmaps)
-        self._last = regs[0] if regs else None
+        self._last: MemoryRegion | None = None
+        # (gpa, size, buf) of the region last translated into; the ring walker reads this tuple directly
+        self.last: tuple[int, int, memoryview] = (0, -1, memoryview(b""))
+        if regs:
+            self._remember(regs[0])
 
     @classmethod
     def map_fds(cls, table: Sequence[tuple[int, int, int, int]], fds: Sequence[int]) -> "GuestMemory":
@@ -117,17 +121,18 @@ class GuestMemory:
             return r
         for r in self.regions:
             if r.gpa <= gpa < r.gpa + r.size:
-                self._last = r
+                self._remember(r)
                 return r
         return None
+
+    def _remember(self, r: MemoryRegion) -> None:
+        self._last = r
+        self.last = (r.gpa, r.size, r.buf)
 
     def last_region(self) -> tuple[int, int, memoryview]:
         """(gpa, size, buf) of the region last translated into: the ring walker's fast path checks it first.
         An empty memory answers a region nothing fits in."""
-        r = self._last
-        if r is None:
-            return (0, -1, memoryview(b""))
-        return (r.gpa, r.size, r.buf)
+        return self.last
 
     def view(self, gpa: int, length: int) -> memoryview | None:
         """A single contiguous view of [gpa, gpa+length), or None if outside memory or split across regions."""

@@ -221,7 +221,7 @@ class SplitVirtqueue:
         tbase = 0  # offset of descriptor 0 in `table`
         table_size = self.size
         in_indirect = False
-        r_gpa, r_size, r_buf = memory.last_region()
+        r_gpa, r_size, r_buf = memory.last
         i = head
         count = 0
         while True:
@@ -255,7 +255,7 @@ class SplitVirtqueue:
                     if t is None:
                         chain.error = f"indirect table at {addr:#x} (+{length:#x}) is outside guest memory"
                         return chain
-                    r_gpa, r_size, r_buf = memory.last_region()
+                    r_gpa, r_size, r_buf = memory.last
                     table = t
                     tbase = 0
                 table_size = length >> 4
@@ -274,7 +274,7 @@ class SplitVirtqueue:
             if 0 <= off and off + length <= r_size:  # fast path: inside the region the last buffer was in
                 dst.append(r_buf[off : off + length])
             elif memory.append_views(dst, addr, length):
-                r_gpa, r_size, r_buf = memory.last_region()
+                r_gpa, r_size, r_buf = memory.last
             else:
                 chain.error = f"buffer at {addr:#x} (+{length:#x}) is outside guest memory"
                 return chain

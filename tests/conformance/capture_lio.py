@@ -28,7 +28,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from conformance.lio_cases import CASES, Case  # noqa: E402
+from conformance.lio_cases import CASES, VHOST_CASES, Case  # noqa: E402
 from conformance.lio_setup import (  # noqa: E402
     INITIATOR_WWN,
     LUNS,
@@ -45,6 +45,7 @@ from vhostscsi.guestkit import (  # noqa: E402
 )
 
 DATA = Path(__file__).resolve().parent / "data" / "lio-6.1.json"
+FILES = {"loop": "lio-6.1.json", "vhost": "lio-6.1-vhost.json"}
 HEX_LIMIT = 4096  # larger data-in is stored as sha256 + length
 STATUS = {
     "good": 0x00,
@@ -100,13 +101,18 @@ def _control(lun: LunSetup, d: str) -> str:
     return f'losetup /dev/loop{lun.lun} /tmp/{lun.name}.img && echo "udev_path=/dev/loop{lun.lun}" > {d}/control'
 
 
-def setup_script() -> str:
-    """Shell that builds the LIO setup in configfs and finds each LUN's sg node."""
+def setup_script(fabric: str = "loop") -> str:
+    """Shell that builds the LIO setup in configfs.
+
+    ``loop``: a tcm_loop target, then finds each LUN's sg node and drains the unit attentions
+    the setup raised. ``vhost``: a vhost target; vhost_client.py (run later) talks to it.
+    """
+    base = TPG_LUN_BASE if fabric == "loop" else 0
     lines = [
         "C=/sys/kernel/config/target",
         f"W={TARGET_WWN}",
         f"I={INITIATOR_WWN}",
-        f"T=$C/loopback/$W/tpgt_{TPG_TAG}",
+        f"T=$C/{'loopback' if fabric == 'loop' else 'vhost'}/$W/tpgt_{TPG_TAG}",
         "mkdir -p $T",
     ]
     for lun in LUNS:
@@ -118,40 +124,43 @@ def setup_script() -> str:
             f"echo {lun.serial} > {d}/wwn/vpd_unit_serial",
             f"echo 1 > {d}/enable",
             *[f"echo {v} > {d}/attrib/{k}" for k, v in lun.attributes.items()],
-            f"mkdir -p $T/lun/lun_{TPG_LUN_BASE + lun.lun}",
-            f"ln -s {d} $T/lun/lun_{TPG_LUN_BASE + lun.lun}/{lun.name}_link",
+            f"mkdir -p $T/lun/lun_{base + lun.lun}",
+            f"ln -s {d} $T/lun/lun_{base + lun.lun}/{lun.name}_link",
         ]
-    # LIO lists an initiator's LUNs (REPORT LUNS) newest mapping first. A vhost session is made
-    # after its LUNs exist and maps them (demo mode) so that LUN 0 comes first; mapping in
-    # descending order here gives the same list.
+    # LIO lists an initiator's LUNs (REPORT LUNS) newest mapping first. A vhost session made in
+    # demo mode after its LUNs exist lists LUN 0 first; mapping in descending order gives the
+    # same list. The explicit ACL is what carries write_protect (on vhost as on tcm_loop).
     for lun in sorted(LUNS, key=lambda item: -item.lun):
         lines += [
             f"mkdir -p $T/acls/$I/lun_{lun.lun}",
-            f"ln -s $T/lun/lun_{TPG_LUN_BASE + lun.lun} $T/acls/$I/lun_{lun.lun}/map_{lun.lun}",
+            f"ln -s $T/lun/lun_{base + lun.lun} $T/acls/$I/lun_{lun.lun}/map_{lun.lun}",
             f"echo {int(lun.write_protect)} > $T/acls/$I/lun_{lun.lun}/write_protect",
         ]
-    lines += [
-        "P=$C/core/fileio_9/placeholder",
-        "mkdir -p $P",
-        'echo "fd_dev_name=/tmp/placeholder.img,fd_dev_size=65536,fd_buffered_io=1" > $P/control',
-        "echo 1 > $P/enable",
-        "echo $I > $T/nexus",
-        "for h in /sys/class/scsi_host/*; do echo '- - -' > $h/scan; done",
-    ]
-    for lun in LUNS:
-        if lun.lun:
-            lines += [f"mkdir -p $T/lun/lun_{lun.lun}", f"ln -s $P $T/lun/lun_{lun.lun}/placeholder"]
-    lines += [
-        "for s in /sys/class/scsi_generic/sg*; do",
-        "  hctl=$(basename $(readlink $s/device)); eval SG${hctl##*:}=/dev/$(basename $s)",
-        "done",
-        'echo "@@SETUP nexus=$(cat $T/nexus)' + "".join(f" sg{lun.lun}=$SG{lun.lun}" for lun in LUNS) + '"',
-        "/usr/bin/lsscsi -g",
-        # drain unit attentions the setup itself raised, so the recorded run starts quiet
-        f"for l in {' '.join(str(lun.lun) for lun in LUNS)}; do eval dev=\\$SG$l; for n in 1 2 3; do",
-        '  echo "@@PRE lun=$l $(sg_raw $dev 00 00 00 00 00 00 2>&1 | grep -E "Status|Additional sense" | tr "\\n" " ")"',
-        "done; done",
-    ]
+    if fabric == "loop":
+        lines += [
+            "P=$C/core/fileio_9/placeholder",
+            "mkdir -p $P",
+            'echo "fd_dev_name=/tmp/placeholder.img,fd_dev_size=65536,fd_buffered_io=1" > $P/control',
+            "echo 1 > $P/enable",
+            "echo $I > $T/nexus",
+            "for h in /sys/class/scsi_host/*; do echo '- - -' > $h/scan; done",
+        ]
+        for lun in LUNS:
+            if lun.lun:
+                lines += [f"mkdir -p $T/lun/lun_{lun.lun}", f"ln -s $P $T/lun/lun_{lun.lun}/placeholder"]
+        lines += [
+            "for s in /sys/class/scsi_generic/sg*; do",
+            "  hctl=$(basename $(readlink $s/device)); eval SG${hctl##*:}=/dev/$(basename $s)",
+            "done",
+            'echo "@@SETUP nexus=$(cat $T/nexus)' + "".join(f" sg{lun.lun}=$SG{lun.lun}" for lun in LUNS) + '"',
+            "/usr/bin/lsscsi -g",
+            # drain unit attentions the setup itself raised, so the recorded run starts quiet
+            f"for l in {' '.join(str(lun.lun) for lun in LUNS)}; do eval dev=\\$SG$l; for n in 1 2 3; do",
+            '  echo "@@PRE lun=$l $(sg_raw $dev 00 00 00 00 00 00 2>&1 | grep -E "Status|Additional sense" | tr "\\n" " ")"',
+            "done; done",
+        ]
+    else:
+        lines += ["echo $I > $T/nexus", 'echo "@@SETUP nexus=$(cat $T/nexus)"']
     for lun in LUNS:
         d = _dir(lun)
         lines += [
@@ -175,19 +184,55 @@ def case_script(cases: list[Case]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_image(cases: list[Case]) -> GuestImage:
+GENERIC_KERNEL = "/boot/vmlinuz-6.1.0-56-amd64"  # has 9p (the cloud kernel does not)
+VIRTFS = ["-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on"]
+
+
+def _common_files() -> dict[str, bytes]:
     files: dict[str, bytes] = {f"/data/{lun.name}.img": initial_content(lun.name, lun.size) for lun in LUNS}
-    files.update({f"/cases/{i}.out": c.data_out for i, c in enumerate(cases) if c.data_out})
     # LIO writes PR metadata under its db_root (/etc/target/pr) on every PR change, APTPL or
     # not, and answers LOGICAL UNIT COMMUNICATION FAILURE when it cannot: the directory must
     # exist before target_core_mod loads, as it does on a targetcli host.
     files["/etc/target/pr/README"] = b"LIO persistent reservation metadata\n"
+    return files
+
+
+def build_image(cases: list[Case]) -> GuestImage:
+    """tcm_loop: the guest's own SCSI stack is the initiator, sg_raw sends each CDB."""
+    files = _common_files()
+    files.update({f"/cases/{i}.out": c.data_out for i, c in enumerate(cases) if c.data_out})
     return GuestImage.build(
         None,
         extra_binaries=[*sg3_utils(), "/usr/bin/lsscsi"],
         modules=["sg", "loop", *LIO_MODULES],
-        init_script=setup_script() + case_script(cases),
+        init_script=setup_script("loop") + case_script(cases),
         extra_files=files,
+    )
+
+
+def build_vhost_image(cases: list[Case]) -> GuestImage:
+    """vhost: vhost_client.py, run with the host's Python over 9p, is the initiator (QEMU's part)."""
+    files = _common_files()
+    files["/vhost_client.py"] = str(Path(__file__).resolve().parent / "vhost_client.py")
+    files["/cases.json"] = json.dumps(
+        [{"name": c.name, "lun": c.lun, "cdb": c.cdb.hex(), "alloc": c.alloc, "data_out": c.data_out.hex()}
+         for c in cases]
+    ).encode()
+    luns = ",".join(str(lun.lun) for lun in LUNS)
+    runner = f"""
+mkdir -p /host
+mount -t 9p -o trans=virtio,version=9p2000.L,ro host /host || echo "@@ERROR no 9p root"
+for d in proc sys dev; do mount --bind /$d /host/$d; done
+mount -t tmpfs tmpfs /host/tmp
+cp /vhost_client.py /cases.json /host/tmp/
+chroot /host /usr/bin/python3 /tmp/vhost_client.py {TARGET_WWN} {TPG_TAG} /tmp/cases.json {luns}
+"""
+    return GuestImage.build(
+        None,
+        modules=["virtio_pci", "9p", "9pnet_virtio", "loop", "vhost_scsi", *LIO_MODULES[1:]],
+        init_script=setup_script("vhost") + runner,
+        extra_files=files,
+        kernel=GENERIC_KERNEL,
     )
 
 
@@ -234,37 +279,70 @@ def rtpi_from_vpd83(hexdata: str) -> int | None:
     return None
 
 
-def parse_console(console: str, cases: list[Case]) -> dict[str, Any]:
+def _case_entry(case: Case) -> dict[str, Any]:
+    return {
+        "name": case.name,
+        "lun": case.lun,
+        "cdb": case.cdb.hex(),
+        "alloc": case.alloc,
+        "data_out": case.data_out.hex() if len(case.data_out) <= HEX_LIMIT else None,
+        "data_out_sha256": hashlib.sha256(case.data_out).hexdigest() if case.data_out else None,
+    }
+
+
+def _sg_raw_results(console: str, cases: list[Case]) -> list[dict[str, Any]]:
+    results = []
+    for i, case in enumerate(cases):
+        block = re.search(rf"^@@CASE {i} rc=(\d+)\n(.*?)^@@END {i}$", console, re.M | re.S)
+        if not block:
+            raise RuntimeError(f"no output for case {i} ({case.name})")
+        entry = _case_entry(case)
+        entry.update(parse_case(block.group(2)))
+        entry["sg_raw_rc"] = int(block.group(1))
+        results.append(entry)
+    return results
+
+
+def _vhost_results(console: str, cases: list[Case]) -> list[dict[str, Any]]:
+    """vhost_client's JSON lines. The virtio response keeps the wire facts: sense_len (96 from
+    kernel vhost) and resid (LIO's residual, 0 on CHECK CONDITION)."""
+    got = {}
+    for line in re.findall(r"^@@VHOST (.*)$", console, re.M):
+        item = json.loads(line)
+        got[item.pop("name")] = item
+    results = []
+    for case in cases:
+        if case.name not in got:
+            raise RuntimeError(f"no vhost answer for {case.name}")
+        item = got[case.name]
+        entry = _case_entry(case)
+        good = item["status"] == 0
+        entry.update(status=item["status"], sense=item["sense"], virtio_response=item["response"],
+                     resid=item["resid"], data_in_len=item["data_in_len"] if good else 0)
+        if "data_in_sha256" in item and good:
+            entry["data_in_sha256"] = item["data_in_sha256"]
+        else:
+            entry["data_in"] = item.get("data_in", "") if good else ""
+        results.append(entry)
+    return results
+
+
+def parse_console(console: str, cases: list[Case], fabric: str = "loop") -> dict[str, Any]:
     m = re.search(r"^@@SETUP nexus=(\S+)((?: sg\d+=\S*)*)$", console, re.M)
     if not m or any(not dev.partition("=")[2] for dev in m.group(2).split()):
-        raise RuntimeError("LIO setup failed in the guest (no sg node per LUN)")
+        raise RuntimeError("LIO setup failed in the guest (no nexus, or no sg node per LUN)")
     attrs: dict[int, dict[str, int | str]] = {lun.lun: {} for lun in LUNS}
     for lun, key, value in re.findall(r"^@@ATTR (\d+) (\w+)=(.*)$", console, re.M):
         attrs[int(lun)][key] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
     info = dict((int(a), b.strip()) for a, b in re.findall(r"^@@INFO (\d+) (.*)$", console, re.M))
     kernel = re.search(r"^@@KERNEL (\S+)$", console, re.M)
     wcache = {int(a): b.strip() for a, b in re.findall(r"^@@WCACHE (\d+) (.*)$", console, re.M)}
-    results = []
-    for i, case in enumerate(cases):
-        block = re.search(rf"^@@CASE {i} rc=(\d+)\n(.*?)^@@END {i}$", console, re.M | re.S)
-        if not block:
-            raise RuntimeError(f"no output for case {i} ({case.name})")
-        entry: dict[str, Any] = {
-            "name": case.name,
-            "lun": case.lun,
-            "cdb": case.cdb.hex(),
-            "alloc": case.alloc,
-            "data_out": case.data_out.hex() if len(case.data_out) <= HEX_LIMIT else None,
-            "data_out_sha256": hashlib.sha256(case.data_out).hexdigest() if case.data_out else None,
-        }
-        entry.update(parse_case(block.group(2)))
-        entry["sg_raw_rc"] = int(block.group(1))
-        results.append(entry)
+    results = _sg_raw_results(console, cases) if fabric == "loop" else _vhost_results(console, cases)
     rtpis = {r["lun"]: rtpi_from_vpd83(r["data_in"]) for r in results if r["name"].endswith("vpd_83")}
     return {
         "generator": "tests/conformance/capture_lio.py",
         "kernel": kernel.group(1) if kernel else None,
-        "fabric": "tcm_loop",
+        "fabric": "tcm_loop" if fabric == "loop" else "vhost",
         "target_wwn": TARGET_WWN,
         "tpg_tag": TPG_TAG,
         "initiator": m.group(1),
@@ -294,23 +372,33 @@ def parse_console(console: str, cases: list[Case]) -> dict[str, Any]:
     }
 
 
-def run_guest(timeout: float = 600.0) -> str:
+def run_guest(timeout: float = 600.0, fabric: str = "loop") -> str:
     """Boot the LIO guest and run every case; returns the raw console."""
-    return boot_guest(build_image(CASES), timeout=timeout)
+    if fabric == "loop":
+        return boot_guest(build_image(CASES), timeout=timeout)
+    return boot_guest(build_vhost_image(CASES + VHOST_CASES), VIRTFS, timeout=timeout)
+
+
+def capture(fabric: str, timeout: float = 600.0, console_path: Path | None = None) -> dict[str, Any]:
+    console = run_guest(timeout, fabric)
+    if console_path:
+        console_path.write_text(console)
+    return parse_console(console, CASES if fabric == "loop" else CASES + VHOST_CASES, fabric)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=DATA, help=f"where to write the JSON (default {DATA})")
-    ap.add_argument("--console", type=Path, help="also save the raw guest console here")
+    ap.add_argument("--fabric", choices=("loop", "vhost", "both"), default="both")
+    ap.add_argument("--out-dir", type=Path, default=DATA.parent, help=f"default {DATA.parent}")
+    ap.add_argument("--console", type=Path, help="also save the raw guest console(s) here (a prefix)")
     args = ap.parse_args(argv)
-    console = run_guest()
-    if args.console:
-        args.console.write_text(console)
-    result = parse_console(console, CASES)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"captured {len(result['cases'])} cases from LIO {result['kernel']} into {args.out}")
+    for fabric in ("loop", "vhost") if args.fabric == "both" else (args.fabric,):
+        out = args.out_dir / FILES[fabric]
+        cpath = args.console.with_name(f"{args.console.name}.{fabric}") if args.console else None
+        result = capture(fabric, console_path=cpath)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"captured {len(result['cases'])} cases from LIO {result['kernel']} ({fabric}) into {out}")
     return 0
 
 

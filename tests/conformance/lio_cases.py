@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from conformance.lio_setup import BLOCK, block_of, fill
 
-__all__ = ["Case", "CASES"]
+__all__ = ["Case", "CASES", "VHOST_CASES"]
 
 
 @dataclass(frozen=True)
@@ -318,3 +318,15 @@ CASES: list[Case] = [
 ]
 
 assert len({c.name for c in CASES}) == len(CASES), "case names must be unique"
+
+
+# Only the vhost fabric can address a LUN that does not exist (the guest's SCSI stack never
+# creates a device for one): LIO's answers for an unknown LUN.
+VHOST_CASES: list[Case] = [
+    Case("nolun_inquiry", h("120000006000"), 96, lun=7),
+    Case("nolun_tur", TUR, lun=7),
+    Case("nolun_request_sense", h("030000001200"), 18, lun=7),
+    Case("nolun_report_luns", h("a00000000000000001000000"), 256, lun=7),
+    Case("nolun_read10", cdb10(0x28, 0, 0, 1), BLOCK, lun=7),
+    Case("nolun_inquiry_vpd80", h("12018000ff00"), 255, lun=7),
+]

@@ -1,7 +1,8 @@
 """Our SCSI core answers every captured CDB with LIO's exact bytes: status, sense, data-in.
 
-The expected answers are tests/conformance/data/lio-6.1.json, captured from the real kernel LIO
-by capture_lio.py. The cases run in capture order on one port (state carries over, as it did in
+The expected answers are tests/conformance/data/lio-6.1.json (LIO through tcm_loop, the guest's
+own SCSI stack as initiator) and lio-6.1-vhost.json (LIO through the kernel's vhost-scsi fabric,
+vhost_client.py in QEMU's place), both captured from the real kernel by capture_lio.py. The cases run in capture order on one port (state carries over, as it did in
 LIO); each case is its own test so a report lists every difference at once.
 """
 
@@ -11,15 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from conformance.replay import DATA, Outcome, differences, load_capture, replay
+from conformance.replay import DATA, DATA_VHOST, Outcome, differences, load_capture, replay
 
-CAPTURE = load_capture(DATA)
+CAPTURES = {"tcm_loop": load_capture(DATA), "vhost": load_capture(DATA_VHOST)}
+CAPTURE = CAPTURES["tcm_loop"]
 CASES = CAPTURE["cases"]
+PARAMS = [(fabric, case) for fabric, cap in CAPTURES.items() for case in cap["cases"]]
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
-    return replay(CAPTURE, Path(tmp_path_factory.mktemp("lio-replay")))
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Outcome]]:
+    return {
+        fabric: replay(cap, Path(tmp_path_factory.mktemp(f"lio-replay-{fabric}")))
+        for fabric, cap in CAPTURES.items()
+    }
 
 
 def test_capture_covers_the_required_commands() -> None:
@@ -39,21 +45,36 @@ def test_capture_covers_the_required_commands() -> None:
     assert {0x00, 0x02, 0x18} <= statuses  # GOOD, CHECK CONDITION, RESERVATION CONFLICT
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
-def test_same_bytes_as_lio(case: dict, outcomes: dict[str, Outcome]) -> None:
-    diffs = differences(case, outcomes[case["name"]])
-    assert not diffs, f"{case['name']} (LUN {case['lun']}, CDB {case['cdb']}): " + "; ".join(diffs)
+@pytest.mark.parametrize(("fabric", "case"), PARAMS, ids=[f"{f}-{c['name']}" for f, c in PARAMS])
+def test_same_bytes_as_lio(fabric: str, case: dict, outcomes: dict[str, dict[str, Outcome]]) -> None:
+    diffs = differences(case, outcomes[fabric][case["name"]])
+    assert not diffs, f"{fabric} {case['name']} (LUN {case['lun']}, CDB {case['cdb']}): " + "; ".join(diffs)
 
 
-def test_capture_is_current_with_the_case_list() -> None:
-    """lio_cases.py and the stored capture agree; else regenerate with capture_lio.py."""
+def test_both_fabrics_give_lio_the_same_setup() -> None:
+    """tcm_loop and vhost captures describe one setup, so one TargetPort shape fits both."""
+    loop, vhost = CAPTURES["tcm_loop"], CAPTURES["vhost"]
+    assert vhost["fabric"] == "vhost" and loop["fabric"] == "tcm_loop"
+    for key in ("target_wwn", "tpg_tag", "initiator"):
+        assert loop[key] == vhost[key]
+    strip = ("info",)
+    assert [{k: v for k, v in lun.items() if k not in strip} for lun in loop["luns"]] == [
+        {k: v for k, v in lun.items() if k not in strip} for lun in vhost["luns"]
+    ]
+
+
+@pytest.mark.parametrize("fabric", list(CAPTURES))
+def test_capture_is_current_with_the_case_list(fabric: str) -> None:
+    """lio_cases.py and the stored captures agree; else regenerate with capture_lio.py."""
     import hashlib
 
     from conformance.lio_cases import CASES as DEFINED
+    from conformance.lio_cases import VHOST_CASES
 
-    stored = [(c["name"], c["lun"], c["cdb"], c["alloc"], c["data_out_sha256"]) for c in CASES]
+    wanted = DEFINED + (VHOST_CASES if fabric == "vhost" else [])
+    stored = [(c["name"], c["lun"], c["cdb"], c["alloc"], c["data_out_sha256"]) for c in CAPTURES[fabric]["cases"]]
     defined = [
         (c.name, c.lun, c.cdb.hex(), c.alloc, hashlib.sha256(c.data_out).hexdigest() if c.data_out else None)
-        for c in DEFINED
+        for c in wanted
     ]
     assert stored == defined

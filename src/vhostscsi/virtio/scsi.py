@@ -210,20 +210,19 @@ class VirtioScsi:
         # request header (driver-readable, first)
         if out and len(out[0]) >= REQ_SIZE:
             first = out[0]
-            lun0, target, lun_hi, lun_lo = first[0], first[1], first[2], first[3]
-            cdb = bytes(first[19:REQ_SIZE])
+            hdr = bytes(first[:REQ_SIZE])  # one private copy: the guest may rewrite its memory meanwhile
             data_out = [first[REQ_SIZE:], *out[1:]] if len(first) > REQ_SIZE else out[1:]
         else:
             hdr = _gather(out, REQ_SIZE)
             if hdr is None:
                 return self._respond(resp, ins, scattered, S_FAILURE)
-            lun0, target, lun_hi, lun_lo = hdr[0], hdr[1], hdr[2], hdr[3]
-            cdb = hdr[19:REQ_SIZE]
             data_out = _split_at(out, REQ_SIZE) or []
-        port = self._port_for(lun0, target)
+        target = hdr[1]
+        port = self.ports.get(target) if hdr[0] == 1 else None
         if port is None:
             return self._respond(resp, ins, scattered, S_BAD_TARGET)
-        lun = ((lun_hi << 8) | lun_lo) & 0x3FFF
+        lun = ((hdr[2] << 8) | hdr[3]) & 0x3FFF
+        cdb = hdr[19:]
         nexus = self.nexus.get(target, DEFAULT_NEXUS) if self.nexus is not None else DEFAULT_NEXUS
         try:
             result = port.execute(nexus, lun, cdb, data_out, data_in)

@@ -316,7 +316,7 @@ class Session:
         self.memory = memory
         actions.append(MemoryChanged(memory))
         for i, ring in enumerate(self.rings):
-            if ring.vq is not None:
+            if ring.kicked:  # running rings are rebuilt over the new memory; kicked ones may start now
                 try:
                     self._try_start(i, actions)
                 except _RequestFailed:
@@ -339,7 +339,7 @@ class Session:
         addr = unpack_vring_addr(msg.payload)
         ring = self._ring(addr.index)
         ring.addr = addr
-        if ring.vq is not None:  # address change on a live ring (e.g. dirty logging toggled): rebuild it
+        if ring.kicked:  # a live ring's addresses changed, or the kick came first: (re)build it now
             self._try_start(addr.index, actions)
         return None
 

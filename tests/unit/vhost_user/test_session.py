@@ -316,3 +316,17 @@ def test_random_messages_with_fds_never_leak_or_escape(seq) -> None:
                         os.close(fd)
         finally:
             s.close()
+
+
+def test_ring_starts_when_memory_arrives_after_the_kick(ram: GuestRam) -> None:
+    """Message order is the front end's choice: a ring kicked before the memory table starts once it comes."""
+    s = Session(num_queues=3)
+    negotiate(s)
+    ring = DriverRing(ram, 8)
+    kick, r = setup_ring(s, ram, 1, ring)
+    assert r.actions == [KickFd(1, kick)]  # nothing to map the ring into yet
+    r = set_mem(s, ram)
+    started = [a for a in r.actions if isinstance(a, RingStarted)]
+    assert [a.index for a in started] == [1]
+    os.close(kick)
+    s.close()

@@ -122,10 +122,9 @@ def pwritev_full(fd: int, offset: int, bufs: Sequence[memoryview], what: str, fl
             raise BackstoreError.from_oserror(exc, f"{what}: write at byte {offset}") from None
         if n == (bufs[0].nbytes if len(bufs) == 1 else total_len(bufs)):
             return
-    if flags:
-        op: Callable[[Sequence[memoryview], int], int] = lambda b, o: os.pwritev(fd, b, o, flags)
-    else:
-        op = lambda b, o: os.pwritev(fd, b, o)  # noqa: E731
+    def op(b: Sequence[memoryview], o: int) -> int:
+        return os.pwritev(fd, b, o, flags) if flags else os.pwritev(fd, b, o)
+
     stall = _full(op, offset, bufs, f"{what}: write", n)
     if stall is not None:
         raise BackstoreError(errno.ENOSPC, f"{what}: write at byte {stall[2]}: no progress")

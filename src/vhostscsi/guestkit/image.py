@@ -147,8 +147,8 @@ def _pack(
     links = {a: "/bin/busybox" for a in _busybox_applets() if a not in content and a != "bin/busybox"}
 
     dirs = {"dev", "proc", "sys", "tmp", "run", "etc", "root"}
-    for path in list(content) + list(links):
-        parts = path.split("/")[:-1]
+    for member in list(content) + list(links):
+        parts = member.split("/")[:-1]
         dirs.update("/".join(parts[: i + 1]) for i in range(len(parts)))
 
     entries: list[Entry] = [Entry(d, stat.S_IFDIR | 0o755) for d in sorted(dirs)]

@@ -28,6 +28,17 @@ _REPLYING = frozenset({Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, Requ
                        Request.GET_QUEUE_NUM, Request.GET_CONFIG, Request.GET_INFLIGHT_FD})
 
 
+# What this front end knows how to honour; offered bits outside it are declined, as QEMU declines what it lacks
+# (BACKEND_REQ, for one, would oblige us to open a back-end channel with SET_BACKEND_REQ_FD).
+SUPPORTED_PROTOCOL_FEATURES = (
+    bit(ProtocolFeature.MQ)
+    | bit(ProtocolFeature.REPLY_ACK)
+    | bit(ProtocolFeature.CONFIG)
+    | bit(ProtocolFeature.RESET_DEVICE)
+    | bit(ProtocolFeature.INFLIGHT_SHMFD)
+)
+
+
 class FrontEndError(RuntimeError):
     """The back end did not answer as the protocol requires (timeout, hang-up, failure ack, wrong reply)."""
 
@@ -129,7 +140,8 @@ class FrontEnd:
         offered = codec.unpack_u64(self.request(Request.GET_FEATURES).payload)  # type: ignore[union-attr]
         if offered & bit(VHOST_USER_F_PROTOCOL_FEATURES):
             pf_offered = codec.unpack_u64(self.request(Request.GET_PROTOCOL_FEATURES).payload)  # type: ignore
-            pf = pf_offered if protocol_features is None else protocol_features & pf_offered
+            wanted = SUPPORTED_PROTOCOL_FEATURES if protocol_features is None else protocol_features
+            pf = wanted & pf_offered
             self.request(Request.SET_PROTOCOL_FEATURES, codec.pack_u64(pf), need_reply=False)
             self.protocol_features = pf
             if pf & bit(ProtocolFeature.MQ):

@@ -30,6 +30,7 @@ from vhostscsi.vhost_user.codec import (
     reply_to,
     unpack_inflight,
     unpack_memory_table,
+    unpack_single_region,
     unpack_u64,
     unpack_vring_addr,
     unpack_vring_file,
@@ -84,6 +85,9 @@ class RingState:
     vq: SplitVirtqueue | None = None
 
 
+# Memory slots we accept with CONFIGURE_MEM_SLOTS (QEMU asks with GET_MAX_MEM_SLOTS before using ADD_MEM_REG).
+MAX_MEM_SLOTS = 32
+
 # Requests whose protocol reply carries data; REPLY_ACK never adds a second reply to these.
 _HAS_REPLY = frozenset({
     Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, Request.GET_VRING_BASE, Request.GET_QUEUE_NUM,
@@ -118,6 +122,7 @@ class Session:
         self.protocol_features = 0
         self.features_set = False
         self.owner = False
+        self.status = 0  # virtio device status byte (SET/GET_STATUS)
         self.memory: GuestMemory | None = None
         self.rings = [RingState() for _ in range(num_queues)]
         self._inflight_mmap: mmap.mmap | None = None
@@ -144,6 +149,11 @@ class Session:
             Request.GET_CONFIG: self._get_config,
             Request.GET_INFLIGHT_FD: self._get_inflight_fd,
             Request.SET_INFLIGHT_FD: self._set_inflight_fd,
+            Request.GET_MAX_MEM_SLOTS: self._get_max_mem_slots,
+            Request.ADD_MEM_REG: self._add_mem_reg,
+            Request.REM_MEM_REG: self._rem_mem_reg,
+            Request.SET_STATUS: self._set_status,
+            Request.GET_STATUS: self._get_status,
         }
 
     # ---- entry point ------------------------------------------------------------------------------------------
@@ -313,17 +323,65 @@ class Session:
             raise _RequestFailed(str(e)) from e
         _close_fds(msg.fds)  # the mappings stay valid without their fds
         old = self.memory
+        self._use_memory(memory, actions)
+        if old is not None:
+            old.close()
+        return None
+
+    def _use_memory(self, memory: GuestMemory, actions: list[Action]) -> None:
+        """Put `memory` in force: running rings are rebuilt over it, kicked ones may start now."""
         self.memory = memory
         actions.append(MemoryChanged(memory))
         for i, ring in enumerate(self.rings):
-            if ring.kicked:  # running rings are rebuilt over the new memory; kicked ones may start now
+            if ring.kicked:
                 try:
                     self._try_start(i, actions)
                 except _RequestFailed:
                     self._stop_ring(i, actions)
-        if old is not None:
-            old.close()
+
+    def _get_max_mem_slots(self, msg: Message, actions: list[Action]) -> Message:
+        self._no_fds(msg)
+        return reply_to(msg, pack_u64(MAX_MEM_SLOTS))
+
+    def _add_mem_reg(self, msg: Message, actions: list[Action]) -> None:
+        """CONFIGURE_MEM_SLOTS: one more region (QEMU then sends memory changes one region at a time)."""
+        desc = unpack_single_region(msg.payload)
+        if len(msg.fds) != 1:
+            raise _RequestFailed(f"ADD_MEM_REG expects 1 fd, got {len(msg.fds)}")
+        if self.memory is not None and len(self.memory.regions) >= MAX_MEM_SLOTS:
+            raise _RequestFailed(f"all {MAX_MEM_SLOTS} memory slots are in use")
+        try:
+            region = GuestMemory.map_region(*desc, msg.fds[0])
+        except GuestMemoryError as e:
+            raise _RequestFailed(str(e)) from e
+        try:
+            memory = self.memory.with_region(region) if self.memory is not None else GuestMemory([region])
+        except GuestMemoryError as e:
+            region.unmap()
+            raise _RequestFailed(str(e)) from e
+        _close_fds(msg.fds)
+        self._use_memory(memory, actions)  # the old GuestMemory shares its regions: dropped, not closed
         return None
+
+    def _rem_mem_reg(self, msg: Message, actions: list[Action]) -> None:
+        desc = unpack_single_region(msg.payload)
+        found = self.memory.without_region(*desc[:3]) if self.memory is not None else None
+        if found is None:
+            raise _RequestFailed(f"no memory region at gpa {desc.guest_phys_addr:#x} to remove")
+        _close_fds(msg.fds)  # QEMU may attach the region's fd again; we never needed it
+        memory, gone = found
+        self._use_memory(memory, actions)
+        gone.unmap()
+        return None
+
+    def _set_status(self, msg: Message, actions: list[Action]) -> None:
+        self._no_fds(msg)
+        self.status = unpack_u64(msg.payload) & 0xFF
+        return None
+
+    def _get_status(self, msg: Message, actions: list[Action]) -> Message:
+        self._no_fds(msg)
+        return reply_to(msg, pack_u64(self.status))
 
     def _set_vring_num(self, msg: Message, actions: list[Action]) -> None:
         self._no_fds(msg)

@@ -29,6 +29,20 @@ class MemoryRegion:
     size: int
     uva: int
     buf: memoryview
+    mapping: mmap.mmap | None = None  # the mmap behind `buf`, when this process mapped it
+
+    def unmap(self) -> None:
+        """Drop our view and the mapping; if rings still hold views, the mapping goes with the last of them."""
+        try:
+            self.buf.release()
+        except BufferError:
+            pass
+        if self.mapping is not None:
+            try:
+                self.mapping.close()
+            except BufferError:
+                pass
+            self.mapping = None
 
     @property
     def gpa_end(self) -> int:
@@ -42,9 +56,9 @@ class MemoryRegion:
 class GuestMemory:
     """The set of regions from one SET_MEM_TABLE (or ADD/REM_MEM_REG); immutable once built."""
 
-    __slots__ = ("regions", "_mmaps", "_last", "last")
+    __slots__ = ("regions", "_last", "last")
 
-    def __init__(self, regions: Sequence[MemoryRegion], mmaps: Sequence[mmap.mmap] = ()) -> None:
+    def __init__(self, regions: Sequence[MemoryRegion]) -> None:
         regs = sorted(regions, key=lambda r: r.gpa)
         for r in regs:
             if r.size <= 0 or len(r.buf) != r.size or r.gpa + r.size > _U64_LIMIT or r.uva + r.size > _U64_LIMIT:
@@ -57,63 +71,66 @@ class GuestMemory:
             if a.uva_end > b.uva:
                 raise GuestMemoryError(f"regions at uva {a.uva:#x} and {b.uva:#x} overlap")
         self.regions: tuple[MemoryRegion, ...] = tuple(regs)
-        self._mmaps = list(mmaps)
         self._last: MemoryRegion | None = None
         # (gpa, size, buf) of the region last translated into; the ring walker reads this tuple directly
         self.last: tuple[int, int, memoryview] = (0, -1, memoryview(b""))
         if regs:
             self._remember(regs[0])
 
-    @classmethod
-    def map_fds(cls, table: Sequence[tuple[int, int, int, int]], fds: Sequence[int]) -> "GuestMemory":
-        """mmap each region's fd (gpa, size, uva, mmap_offset) shared read/write; the fds may be closed after.
+    @staticmethod
+    def map_region(gpa: int, size: int, uva: int, offset: int, fd: int) -> MemoryRegion:
+        """mmap one region's fd shared read/write (the fd may be closed afterwards).
 
         The mapping starts at mmap_offset rounded down to the page, because mmap offsets must be page aligned
         and the front end's need not be.
         """
+        if size <= 0 or offset < 0:
+            raise GuestMemoryError(f"region at gpa {gpa:#x}: size {size:#x} offset {offset:#x}")
+        try:
+            st = os.fstat(fd)
+            if st.st_size and offset + size > st.st_size:
+                raise GuestMemoryError(
+                    f"region at gpa {gpa:#x} ends at file offset {offset + size:#x} beyond the "
+                    f"{st.st_size:#x}-byte file"
+                )
+            start = offset - offset % mmap.ALLOCATIONGRANULARITY
+            m = mmap.mmap(fd, offset - start + size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
+                          offset=start)
+        except (OSError, OverflowError, ValueError) as e:
+            raise GuestMemoryError(f"cannot map region at gpa {gpa:#x}: {e}") from e
+        return MemoryRegion(gpa, size, uva, memoryview(m)[offset - start : offset - start + size], m)
+
+    @classmethod
+    def map_fds(cls, table: Sequence[tuple[int, int, int, int]], fds: Sequence[int]) -> "GuestMemory":
+        """Map a whole table of (gpa, size, uva, mmap_offset) with one fd per region."""
         if len(table) != len(fds):
             raise GuestMemoryError(f"{len(table)} regions but {len(fds)} fds")
         regions: list[MemoryRegion] = []
-        maps: list[mmap.mmap] = []
         try:
             for (gpa, size, uva, offset), fd in zip(table, fds):
-                if size <= 0 or offset < 0:
-                    raise GuestMemoryError(f"region at gpa {gpa:#x}: size {size:#x} offset {offset:#x}")
-                try:
-                    st = os.fstat(fd)
-                    if st.st_size and offset + size > st.st_size:
-                        raise GuestMemoryError(
-                            f"region at gpa {gpa:#x} ends at file offset {offset + size:#x} beyond the "
-                            f"{st.st_size:#x}-byte file"
-                        )
-                    start = offset - offset % mmap.ALLOCATIONGRANULARITY
-                    m = mmap.mmap(fd, offset - start + size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
-                                  offset=start)
-                except (OSError, OverflowError, ValueError) as e:
-                    raise GuestMemoryError(f"cannot map region at gpa {gpa:#x}: {e}") from e
-                maps.append(m)
-                regions.append(MemoryRegion(gpa, size, uva, memoryview(m)[offset - start : offset - start + size]))
-            return cls(regions, maps)
+                regions.append(cls.map_region(gpa, size, uva, offset, fd))
+            return cls(regions)
         except Exception:
             for r in regions:
-                r.buf.release()
-            for m in maps:
-                m.close()
+                r.unmap()
             raise
+
+    def with_region(self, region: MemoryRegion) -> "GuestMemory":
+        """ADD_MEM_REG: these regions plus one (shared, not copied: the old object must not be closed)."""
+        return GuestMemory([*self.regions, region])
+
+    def without_region(self, gpa: int, size: int, uva: int) -> tuple["GuestMemory", MemoryRegion] | None:
+        """REM_MEM_REG: these regions minus the one matching exactly, and that region (to unmap); None if no
+        region matches."""
+        for r in self.regions:
+            if (r.gpa, r.size, r.uva) == (gpa, size, uva):
+                return GuestMemory([x for x in self.regions if x is not r]), r
+        return None
 
     def close(self) -> None:
         """Unmap if nothing else still holds a view; otherwise the mapping lives until the last view goes."""
         for r in self.regions:
-            try:
-                r.buf.release()
-            except BufferError:
-                pass
-        for m in self._mmaps:
-            try:
-                m.close()
-            except BufferError:
-                pass
-        self._mmaps = []
+            r.unmap()
 
     def _find_gpa(self, gpa: int) -> MemoryRegion | None:
         r = self._last

@@ -20,7 +20,7 @@ from vhostscsi.backstores.ramdisk import RamdiskBackstore
 from vhostscsi.scsi import Device, TargetPort
 from vhostscsi.vhost_user import codec
 from vhostscsi.vhost_user.codec import Message
-from vhostscsi.vhost_user.protocol import Request
+from vhostscsi.vhost_user.protocol import DEFAULT_PROTOCOL_FEATURES, ProtocolFeature, Request, bit
 from vhostscsi.vhost_user.session import Response, Session
 from vhostscsi.virtio.scsi import VirtioScsi
 
@@ -75,9 +75,9 @@ class QemuPeer:
         )
         self.pumps: list[Pump] = []
 
-    def serve(self, ports) -> tuple[RecordingSession, Pump]:
+    def serve(self, ports, **session_kw) -> tuple[RecordingSession, Pump]:
         conn, _ = self.ls.accept()
-        session = RecordingSession(num_queues=3)
+        session = RecordingSession(num_queues=3, **session_kw)
         pump = Pump(conn, session, VirtioScsi(ports))
         pump.start()
         self.pumps.append(pump)
@@ -153,15 +153,20 @@ def test_seabios_probes_every_target_through_our_rings(tmp_path) -> None:
 
 
 @pytest.mark.guest
-def test_seabios_boots_from_our_lun(tmp_path) -> None:
-    """Firmware finds TPG 1 LUN 0, reads its boot sector through our rings and runs it."""
+@pytest.mark.parametrize("mem_slots", [False, True], ids=["mem-table", "mem-slots"])
+def test_seabios_boots_from_our_lun(tmp_path, mem_slots: bool) -> None:
+    """Firmware finds TPG 1 LUN 0, reads its boot sector through our rings and runs it; with
+    CONFIGURE_MEM_SLOTS offered, QEMU sends its memory as ADD_MEM_REG instead of SET_MEM_TABLE."""
     disk = RamdiskBackstore("disk0", 1 << 20)
+    kw = {"protocol_features": DEFAULT_PROTOCOL_FEATURES | bit(ProtocolFeature.CONFIGURE_MEM_SLOTS)} if mem_slots else {}
     try:
         with qemu_peer(tmp_path) as peer:
-            _session, pump = peer.serve({1: lun0_port(disk)})
+            session, pump = peer.serve({1: lun0_port(disk)}, **kw)
             booted = wait_for(peer.booted, 60)
             assert pump.error is None and pump.protocol_error is None
             assert booted, f"no boot message on the console: {peer.console.read_bytes()[-300:]!r}"
+            assert ("ADD_MEM_REG" in session.seen) == mem_slots
+            assert ("SET_MEM_TABLE" in session.seen) != mem_slots
     finally:
         disk.close()
 

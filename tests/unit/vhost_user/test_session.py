@@ -330,3 +330,39 @@ def test_ring_starts_when_memory_arrives_after_the_kick(ram: GuestRam) -> None:
     assert [a.index for a in started] == [1]
     os.close(kick)
     s.close()
+
+
+def test_memory_slots_added_and_removed(ram: GuestRam) -> None:
+    """CONFIGURE_MEM_SLOTS: regions arrive one at a time; rings run over them; removal drops one region."""
+    s = Session(num_queues=3, protocol_features=DEFAULT_PROTOCOL_FEATURES | bit(ProtocolFeature.CONFIGURE_MEM_SLOTS))
+    negotiate(s)
+    r = s.handle(msg(Request.GET_MAX_MEM_SLOTS))
+    assert codec.unpack_u64(r.replies[0].payload) == 32
+    for region in ram.regions:
+        fd = os.dup(ram.fd)
+        r = s.handle(msg(Request.ADD_MEM_REG, codec.pack_single_region(region), (fd,), need_reply=True))
+        assert r.replies[0].payload == codec.pack_u64(0) and not fd_is_open(fd)
+    assert [x.gpa for x in s.memory.regions] == [x.guest_phys_addr for x in ram.regions]
+    ring = DriverRing(ram, 8)
+    kick, r = setup_ring(s, ram, 2, ring)
+    gpa = ram.alloc(4)
+    ram.write(gpa, b"slot")
+    ring.add([(gpa, 4)], [])
+    assert bytes(r.actions[1].vq.pop().out[0]) == b"slot"
+    # overlapping an existing slot is refused; removing an unknown one too
+    r = s.handle(msg(Request.ADD_MEM_REG, codec.pack_single_region(ram.regions[0]), (os.dup(ram.fd),),
+                     need_reply=True))
+    assert r.replies[0].payload == codec.pack_u64(1)
+    bogus = codec.RegionDesc(0x7000_0000, 4096, 0x1000, 0)
+    assert s.handle(msg(Request.REM_MEM_REG, codec.pack_single_region(bogus), need_reply=True)).replies[0].payload \
+        == codec.pack_u64(1)
+    # removing the region the rings live in stops them (they cannot be rebuilt without it)
+    ring_region = ram.regions[0]
+    r = s.handle(msg(Request.REM_MEM_REG, codec.pack_single_region(ring_region), need_reply=True))
+    assert r.replies[0].payload == codec.pack_u64(0)
+    assert [x.gpa for x in s.memory.regions] == [ram.regions[1].guest_phys_addr]
+    assert RingStopped(2) in r.actions
+    s.handle(msg(Request.SET_STATUS, codec.pack_u64(0x0F)))
+    assert s.handle(msg(Request.GET_STATUS)).replies[0].payload == codec.pack_u64(0x0F)
+    os.close(kick)
+    s.close()

@@ -145,7 +145,6 @@ class VirtioScsi:
         self.events_missed = False
         self.errors = 0  # exceptions escaping the SCSI core (a bug there), answered as TARGET FAILURE
         self.last_error: BaseException | None = None
-        self._resp_scratch = bytearray(RESP_SIZE)
 
     def set_queue(self, index: int, vq: SplitVirtqueue | None) -> None:
         self.queues[index] = vq
@@ -204,7 +203,7 @@ class VirtioScsi:
             rest = _split_at(ins, RESP_SIZE)
             if rest is None:
                 return 0  # nowhere to put even a response: complete it empty
-            resp = self._resp_scratch
+            resp = bytearray(RESP_SIZE)  # rare split layout: build it aside (per request, so queues share nothing)
             data_in = rest
             scattered = True
         # request header (driver-readable, first)
@@ -242,14 +241,14 @@ class VirtioScsi:
         if sense_len:
             resp[12 : 12 + sense_len] = sense[:sense_len]
         if scattered:
-            _scatter(ins, self._resp_scratch)
+            _scatter(ins, resp)
         return RESP_SIZE + data_in_len
 
     def _respond(self, resp: Any, ins: Sequence[memoryview], scattered: bool, response: int) -> int:
         """A response with no SCSI status (transport-level failure): only `response` says what happened."""
         _pack_resp(resp, 0, 0, 0, 0, 0, response)
         if scattered:
-            _scatter(ins, self._resp_scratch)
+            _scatter(ins, resp)
         return RESP_SIZE
 
     # ---- control queue ------------------------------------------------------------------------------------------

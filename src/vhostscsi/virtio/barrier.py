@@ -11,20 +11,29 @@ semaphore under CPython's lock), and releasing it an atomic add. On x86 both are
 a locked instruction is a full barrier: no later load is satisfied before an earlier store is visible. That is the
 guarantee this module gives, on x86-64, the platform this project targets. (On arm64 those atomics have only
 acquire/release semantics, which do not order a store before a later load; a port there needs a real fence.)
-The lock is private to this module and never held across anything, so it never contends. This is the one place
-the ring layer touches `threading`; it creates no threads.
+Each ring gets its own `Fence` (one lock each), so rings served by different threads never contend on it; the
+lock is never held across anything. This is the one place the ring layer touches `threading`; it creates no
+threads.
 """
 
 from __future__ import annotations
 
 import threading
 
-_fence_lock = threading.Lock()
-_acquire = _fence_lock.acquire
-_release = _fence_lock.release
+
+class Fence:
+    """A callable full fence with a private lock: `fence()` orders earlier stores before later loads."""
+
+    __slots__ = ("_acquire", "_release")
+
+    def __init__(self) -> None:
+        lock = threading.Lock()
+        self._acquire = lock.acquire
+        self._release = lock.release
+
+    def __call__(self) -> None:
+        self._acquire()
+        self._release()
 
 
-def full_fence() -> None:
-    """Order every store before this call ahead of every load after it (see module docstring)."""
-    _acquire()
-    _release()
+full_fence = Fence()  # for code without a ring of its own (the host-side driver)

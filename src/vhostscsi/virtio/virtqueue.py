@@ -10,7 +10,7 @@ outside memory, loop, chain longer than the table, indirect inside indirect, rea
 needs a reset, which the engine reports through the error eventfd.
 
 Memory ordering: indices are read/written through memoryview casts (single 16/32-bit accesses). Used elements
-are written before used.idx (x86 keeps store order). Store-then-load sequences go through `full_fence()`.
+are written before used.idx (x86 keeps store order). Store-then-load sequences go through the ring's own `Fence`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from vhostscsi.virtio.barrier import full_fence
+from vhostscsi.virtio.barrier import Fence
 from vhostscsi.virtio.memory import GuestMemory
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ class SplitVirtqueue:
     __slots__ = (
         "memory", "size", "event_idx", "indirect", "last_avail_idx", "used_idx", "broken", "broken_reason",
         "_desc", "_avail", "_used", "_used_u32", "_mask", "_signalled_used", "_signalled_valid",
-        "_notifications_enabled", "inflight",
+        "_notifications_enabled", "inflight", "_fence",
     )
 
     def __init__(
@@ -119,6 +119,7 @@ class SplitVirtqueue:
         self._signalled_valid = False
         self._notifications_enabled = True
         self.inflight: InflightQueue | None = None
+        self._fence = Fence()
         self.arm_event_idx()
 
     def arm_event_idx(self) -> None:
@@ -321,12 +322,12 @@ class SplitVirtqueue:
             self._used[2 + 4 * self.size] = self.last_avail_idx
         else:
             self._used[0] = self._used[0] & ~VRING_USED_F_NO_NOTIFY & 0xFFFF
-        full_fence()
+        self._fence()
         return self.has_avail()
 
     def should_notify(self) -> bool:
         """Whether the engine must signal the call fd for completions pushed since the last True answer."""
-        full_fence()  # used.idx (stored) must be visible before we read the driver's suppression state
+        self._fence()  # used.idx (stored) must be visible before we read the driver's suppression state
         new = self.used_idx
         old = self._signalled_used
         valid = self._signalled_valid

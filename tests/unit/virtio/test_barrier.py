@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import sys
 
-from vhostscsi.virtio.barrier import full_fence
+from vhostscsi.virtio.barrier import Fence, full_fence
 
 
 def test_runtime_locks_are_semaphores_on_x86() -> None:
@@ -17,3 +17,6 @@ def test_runtime_locks_are_semaphores_on_x86() -> None:
 def test_fence_can_be_called_back_to_back() -> None:
     for _ in range(1000):
         full_fence()  # never holds the lock between calls, so it can never deadlock or contend with itself
+    f = Fence()
+    f()
+    f()

@@ -12,7 +12,7 @@ from vhostscsi.scsi.sense import Reason
 if TYPE_CHECKING:
     from vhostscsi.scsi.port import LunEntry, TargetPort
 
-__all__ = ["reply", "control_size_check", "admit", "DIR_NONE", "DIR_IN", "DIR_OUT", "direction"]
+__all__ = ["reply", "control_size_check", "admit", "note_transfer", "DIR_NONE", "DIR_IN", "DIR_OUT", "direction"]
 
 DIR_NONE, DIR_IN, DIR_OUT = 0, 1, 2
 
@@ -35,12 +35,28 @@ def reply(din: Sequence[memoryview], data: bytes | bytearray, alloc: int,
     """
     if length is None:
         length = len(data)
-    n = min(length, alloc, total(din)) if din else 0
+    dl = min(alloc, total(din)) if din else 0  # LIO's data_length after the size check
+    n = min(length, dl)
     if n:
         if len(data) < n:
             data = bytes(data) + bytes(n - len(data))
         scatter(din, data, n)
-    return good(n)
+    return good(n, dl - n)  # target_complete_cmd_with_length adds what was not produced
+
+
+def note_transfer(port: TargetPort, size: int, dout: Sequence[memoryview],
+                  din: Sequence[memoryview]) -> int:
+    """target_cmd_size_check's residual: |CDB transfer length - buffers| (kept by the port for
+    this command, added to whatever it answers); returns the buffers' length."""
+    if dout:
+        have = total(dout)
+        if not have and din:
+            have = total(din)
+    else:
+        have = total(din) if din else 0
+    if have != size:
+        port.resid_base = size - have if size > have else have - size
+    return have
 
 
 def control_size_check(size: int, dout: Sequence[memoryview]) -> ScsiResult | None:
@@ -56,6 +72,7 @@ def admit(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryview,
           dout: Sequence[memoryview], din: Sequence[memoryview], size: int) -> ScsiResult | None:
     """The checks between parsing and executing a control command, in LIO's order:
     transfer length against the data-out, then unit attention and reservations."""
+    note_transfer(port, size, dout, din)
     bad = control_size_check(size, dout)
     if bad is not None:
         return bad

@@ -91,7 +91,19 @@ class Device:
         else:
             self.model = DEFAULT_MODEL.get(self.plugin, "FILEIO")
         self.block_size = int(backstore.block_size)
-        self.write_cache = bool(write_back)
+        # What the guest is told (WCE, DPOFUA, V_SUP) is LIO's target_check_wce(): iblock
+        # reports the device queue's write cache, the others emulate_write_cache; without
+        # either we go by the caching mode. Writes are made durable unless both say
+        # write-back.
+        given = (attributes or {}).get("emulate_write_cache")
+        queue_wc = getattr(backstore, "write_cache", None)
+        if self.plugin in ("block", "iblock") and isinstance(queue_wc, bool):
+            self.write_cache = queue_wc
+        elif self.plugin in ("block", "iblock") or given is None:
+            self.write_cache = bool(write_back)
+        else:
+            self.write_cache = bool(int(given))
+        self.write_through = not (write_back and self.write_cache)
         # target_check_fua(): DPO/FUA are offered only with a write-back cache.
         self.fua_ok = self.write_cache and attrs.get("emulate_fua_write", 1) > 0
         self.caw_lock = threading.Lock()

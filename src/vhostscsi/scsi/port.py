@@ -61,6 +61,8 @@ class TargetPort:
         self.proto_id = next((v for k, v in _PROTO.items() if wwn.lower().startswith(k)), 0x6)
         self._luns: dict[int, LunEntry] = {}
         self._nexuses: set[str] = set()
+        # Per-command scratch (one thread per port): the residual LIO's size check noted.
+        self.resid_base = 0
 
     def transport_vd(self) -> int:
         """The version descriptor of this port's SCSI transport (INQUIRY bytes 60-61)."""
@@ -165,9 +167,12 @@ class TargetPort:
                 self._nexuses.add(nexus)
             if data_out and lun.read_only and total(data_out):
                 return Reason.WRITE_PROTECTED
+            self.resid_base = 0
             r = _TABLE[cdb[0]](self, lun, nexus, cdb, data_out, data_in)
+            if self.resid_base:
+                r = r._replace(residual=r.residual + self.resid_base)
             if r.status == Status.CHECK_CONDITION and lun.dev.desc_sense:
-                return to_descriptor(r)
+                return to_descriptor(r)._replace(residual=r.residual)
             return r
         except Exception:  # a bug must cost one command, not the daemon
             log.exception("SCSI core failed on CDB %s", bytes(cdb[:16]).hex())

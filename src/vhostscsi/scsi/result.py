@@ -27,20 +27,26 @@ class Status:
 class ScsiResult(NamedTuple):
     """One command's outcome.
 
-    ``data_in_len`` is the number of bytes placed at the start of the data-in buffers; the
-    transport reports ``expected - data_in_len`` as the residual, as LIO's underflow does.
+    ``data_in_len`` is the number of bytes placed at the start of the data-in buffers.
+    ``residual`` is LIO's residual_count, which kernel vhost-scsi writes into the virtio
+    response's resid as is: the gap between the transfer length the CDB asks for and the
+    buffers the initiator gave (over- or underflow, both positive), plus data-in the command
+    produced less of; 0 when the command failed before LIO compared the two.
     """
 
     status: int
     sense: bytes
     data_in_len: int
+    residual: int = 0
 
 
 _GOOD: dict[int, ScsiResult] = {}
 
 
-def good(data_in_len: int = 0) -> ScsiResult:
+def good(data_in_len: int = 0, residual: int = 0) -> ScsiResult:
     """The shared GOOD result for a given transfer length (one object per distinct length)."""
+    if residual:
+        return ScsiResult(Status.GOOD, b"", data_in_len, residual)
     r = _GOOD.get(data_in_len)
     if r is None:
         r = ScsiResult(Status.GOOD, b"", data_in_len)

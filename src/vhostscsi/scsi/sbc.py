@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from vhostscsi.scsi import opcodes as op
 from vhostscsi.scsi.buffers import clip, gather, total
-from vhostscsi.scsi.common import admit, reply
+from vhostscsi.scsi.common import admit, note_transfer, reply
 from vhostscsi.scsi.result import GOOD, ScsiResult, good
 from vhostscsi.scsi.sense import Reason, miscompare
 
@@ -63,9 +63,11 @@ def _do_read(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryvie
         have = din[0].nbytes
     else:
         have = total(din)
-    if have < size:
-        # overflow: LIO 6.1 refuses a READ whose buffers are shorter than the transfer
-        return Reason.INVALID_CDB_FIELD
+    if have != size:
+        port.resid_base = size - have if size > have else have - size
+        if have < size:
+            # overflow: LIO 6.1 refuses a READ whose buffers are shorter than the transfer
+            return Reason.INVALID_CDB_FIELD
     if lun.ua or dev.pr.active:
         gate = port.gate(lun, nexus, cdb, dout, din)
         if gate is not None:
@@ -80,7 +82,7 @@ def _do_read(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryvie
         # command's length and leave the rest of the buffers alone.
         return Reason.LOGICAL_UNIT_COMMUNICATION_FAILURE
     else:
-        bufs = clip(din, size)
+        bufs = clip(din, size)  # underflow: the residual is already noted
     try:
         dev.backstore.readv(lba * dev.block_size, bufs)
     except OSError as exc:
@@ -120,7 +122,9 @@ def _do_write(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryvi
     have = 0
     if dout:
         have = dout[0].nbytes if len(dout) == 1 else total(dout)
-        if have and have != size:
+    if have != size:
+        note_transfer(port, size, dout, din)
+        if have:
             # target_cmd_size_check: over/underflow of a WRITE data CDB is refused
             return Reason.INVALID_FIELD_IN_COMMAND_IU
     if lun.ua or dev.pr.active:
@@ -130,7 +134,7 @@ def _do_write(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryvi
     if not have or not size:
         return GOOD  # nothing to transfer (LIO: overflow with no data-out)
     try:
-        dev.backstore.writev(lba * dev.block_size, dout, fua or not dev.write_cache)
+        dev.backstore.writev(lba * dev.block_size, dout, fua or dev.write_through)
     except OSError as exc:
         return backstore_failure(exc, True)
     return GOOD
@@ -228,15 +232,15 @@ def _sync_or_verify(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | me
 def _noop(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryview,
           dout: Bufs, din: Bufs) -> ScsiResult:
     """REZERO UNIT, SEEK(6), SEEK(10): LIO completes them GOOD for old guests."""
-    gate = port.gate(lun, nexus, cdb, dout, din)
-    return gate if gate is not None else GOOD
+    stop = admit(port, lun, nexus, cdb, dout, din, 0)
+    return stop if stop is not None else GOOD
 
 
 def _start_stop(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryview,
                 dout: Bufs, din: Bufs) -> ScsiResult:
-    gate = port.gate(lun, nexus, cdb, dout, din)
-    if gate is not None:
-        return gate
+    stop = admit(port, lun, nexus, cdb, dout, din, 0)
+    if stop is not None:
+        return stop
     # sbc_emulate_startstop: only IMMED=1, START=1, no power condition, no load/eject.
     if not (cdb[1] & 1) or cdb[2] or cdb[3]:
         return Reason.INVALID_CDB_FIELD
@@ -275,6 +279,8 @@ def _write_same(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memory
         return Reason.ADDRESS_OUT_OF_RANGE
     if flags & 0x10:
         return Reason.INVALID_CDB_FIELD  # ANCHOR
+    if flags & 0x01:
+        return Reason.INVALID_CDB_FIELD  # NDOB: LIO always wants the data block
     unmap = bool(flags & 0x08)
     bs = dev.block_size
     # LIO refuses emulate_tpws/tpu on backends without discard (rd_mcp), so the attributes
@@ -301,7 +307,7 @@ def _write_same(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memory
             chunk = memoryview(block * per)
             off = lba * bs
             left = n
-            wt = not dev.write_cache
+            wt = dev.write_through
             while left:
                 k = min(left, per)
                 dev.backstore.writev(off, [chunk[: k * bs]], wt)
@@ -381,7 +387,8 @@ def _compare_and_write(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes |
     size = 2 * n * bs
     have = total(dout) if dout else 0
     if have != size:
-        return Reason.INVALID_FIELD_IN_COMMAND_IU if (have or size) else GOOD
+        note_transfer(port, size, dout, din)
+        return Reason.INVALID_FIELD_IN_COMMAND_IU
     gate = port.gate(lun, nexus, cdb, dout, din)
     if gate is not None:
         return gate
@@ -397,7 +404,7 @@ def _compare_and_write(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes |
                     if cur[i] != data[i]:
                         return miscompare(i)
             dev.backstore.writev(lba * bs, [memoryview(data)[n * bs:]],
-                                 bool(cdb[1] & 0x08) or not dev.write_cache)
+                                 bool(cdb[1] & 0x08) or dev.write_through)
     except OSError as exc:
         return backstore_failure(exc, True)
     return GOOD

@@ -48,8 +48,8 @@ def _inquiry(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryvie
 
 def _test_unit_ready(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryview,
                      dout: Bufs, din: Bufs) -> ScsiResult:
-    gate = port.gate(lun, nexus, cdb, dout, din)
-    return gate if gate is not None else GOOD
+    stop = admit(port, lun, nexus, cdb, dout, din, 0)
+    return stop if stop is not None else GOOD
 
 
 def sense_data(dev_desc: bool, key: int, asc: int, ascq: int) -> bytes:

@@ -113,7 +113,7 @@ def execute_checked(p: TargetPort, errors: Errors, cdb: bytes, dout: list[bytear
     else:
         assert r.sense == b""
     total = sum(din_sizes)
-    assert 0 <= r.data_in_len <= total
+    assert 0 <= r.data_in_len <= total and r.residual >= 0
     flat = b"".join(din)
     assert flat[r.data_in_len :] == bytes([SENTINEL]) * (total - r.data_in_len)
 

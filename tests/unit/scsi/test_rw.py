@@ -156,3 +156,37 @@ def test_data_path_hands_the_guest_buffers_to_the_backstore_uncopied() -> None:
     din = [memoryview(bytearray(2048)), memoryview(bytearray(2048))]
     assert p.execute(NEXUS, 0, cdb10(0x28, 8, 8), [], din).status == 0
     assert seen[-1] is din and bytes(din[1]) == b"\x07" * 2048
+
+
+def test_write_through_passes_fua_to_the_backstore() -> None:
+    """Without a write-back cache every WRITE must be durable on return: fua=True."""
+    from tests.unit.scsi.helpers import RecordingBackstore, SERIAL
+
+    fuas: list[bool] = []
+
+    class Spy(RecordingBackstore):
+        def writev(self, offset: int, bufs: list[memoryview], fua: bool = False) -> None:  # type: ignore[override]
+            fuas.append(fua)
+            super().writev(offset, bufs, fua)
+
+    for write_back, attrs, b1, want in [(True, {}, 0, False), (True, {}, 0x08, True),
+                                        (False, {}, 0, True),
+                                        (True, {"emulate_write_cache": 0}, 0, True)]:
+        p = port_with(Device(Spy(1 << 20), "d", SERIAL, attrs, write_back))
+        assert run(p, cdb10(0x2A, 0, 1, b1=b1), dout=bytes(512)).status == 0
+        assert fuas[-1] is want
+
+
+def test_residual_follows_lio() -> None:
+    """residual is LIO's residual_count: the CDB/buffer gap, 0 if refused before the check."""
+    p = port_with(ramdisk())
+    assert run(p, cdb10(0x28, 0, 1), alloc=4096).result.residual == 3584  # underflow
+    assert run(p, cdb10(0x28, 0, 2), alloc=512).result.residual == 512  # overflow, refused
+    assert run(p, cdb10(0x28, 4096, 1), alloc=512).result.residual == 0  # refused before
+    assert run(p, cdb10(0x2F, 0, 8)).result.residual == 4096  # VERIFY: overflow of nothing
+    inq = run(p, [0x12, 0, 0, 0, 255, 0], alloc=96)
+    assert inq.result.data_in_len == 96 and inq.result.residual == 159  # alloc > buffer
+    inq = run(p, [0x12, 0, 0, 0, 255, 0], alloc=255)
+    assert inq.result.data_in_len == 96 and inq.result.residual == 159  # shorter answer
+    assert run(p, [0, 0, 0, 0, 0, 0], alloc=64).result.residual == 64
+    assert run(p, cdb10(0x28, 0, 8), alloc=4096).result.residual == 0

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Pump
+from hostdriver_pump import Pump
 
 from vhostscsi.backstores.fileio import FileIOBackstore
 from vhostscsi.backstores.ramdisk import RamdiskBackstore

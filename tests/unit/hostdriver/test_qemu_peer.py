@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import Pump
+from hostdriver_pump import Pump
 from vhostscsi.backstores.ramdisk import RamdiskBackstore
 from vhostscsi.scsi import Device, TargetPort
 from vhostscsi.vhost_user import codec

@@ -7,7 +7,7 @@ import socket
 import struct
 import threading
 
-from conftest import Harness, Pump
+from hostdriver_pump import Harness, Pump
 
 from vhostscsi.backstores.ramdisk import RamdiskBackstore
 from vhostscsi.hostdriver.frontend import FrontEnd

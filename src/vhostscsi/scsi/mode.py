@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from vhostscsi.scsi.device import Device
 
-__all__ = ["mode_sense", "mode_select_check", "MODE_PAGES"]
+__all__ = ["mode_sense", "current_page", "MODE_PAGES"]
 
 _BUF = 512  # SE_MODE_PAGE_BUF
 

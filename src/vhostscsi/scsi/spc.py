@@ -12,7 +12,7 @@ from vhostscsi.scsi import opcodes as op
 from vhostscsi.scsi import rsoc
 from vhostscsi.scsi import ua as ua_mod
 from vhostscsi.scsi.buffers import gather, total
-from vhostscsi.scsi.common import admit, control_size_check, reply
+from vhostscsi.scsi.common import admit, reply
 from vhostscsi.scsi.inquiry import standard_inquiry, vpd_page
 from vhostscsi.scsi.mode import current_page, mode_sense
 from vhostscsi.scsi.result import GOOD, ScsiResult

@@ -293,6 +293,10 @@ class Session:
             self.rings[i] = RingState()
         self.features = 0
         self.features_set = False
+        if self._inflight_area is not None:
+            # A reset voids whatever was in flight: the driver rebuilds its rings, and heads recorded for the old
+            # rings must never be "resubmitted" into the new ones.
+            self._inflight_area[:] = bytes(len(self._inflight_area))
         if msg.request == Request.RESET_OWNER:
             self.owner = False
         return None

@@ -366,3 +366,24 @@ def test_memory_slots_added_and_removed(ram: GuestRam) -> None:
     assert s.handle(msg(Request.GET_STATUS)).replies[0].payload == codec.pack_u64(0x0F)
     os.close(kick)
     s.close()
+
+
+def test_device_reset_voids_the_inflight_area(ram: GuestRam) -> None:
+    s = Session(num_queues=3)
+    negotiate(s)
+    r = s.handle(msg(Request.GET_INFLIGHT_FD, codec.pack_inflight(codec.Inflight(0, 0, 3, 8))))
+    info, (ifd,) = codec.unpack_inflight(r.replies[0].payload), r.replies[0].fds
+    s.handle(msg(Request.SET_INFLIGHT_FD, r.replies[0].payload, (os.dup(ifd),)))
+    set_mem(s, ram)
+    ring = DriverRing(ram, 8)
+    kick, r = setup_ring(s, ram, 2, ring)
+    ring.add([(ram.alloc(1), 1)], [])
+    r.actions[1].vq.pop_all()  # taken, never completed
+    s.handle(msg(Request.RESET_DEVICE))  # the guest reboots
+    negotiate(s)
+    fresh = DriverRing(ram, 8)
+    kick2, r = setup_ring(s, ram, 2, fresh)
+    assert r.actions[1].resubmit == []  # nothing from the old rings leaks into the new ones
+    for fd in (kick, kick2, ifd):
+        os.close(fd)
+    s.close()

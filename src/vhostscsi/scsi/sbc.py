@@ -302,6 +302,8 @@ def _write_same(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memory
         block = gather(dout, bs)
         if not any(block):
             dev.backstore.write_zeroes(lba * bs, n * bs)
+            if dev.write_through:  # a write-through disk promises the zeros are on the medium
+                dev.backstore.flush()
         else:
             per = max(1, min(n, _WS_CHUNK // bs))
             chunk = memoryview(block * per)

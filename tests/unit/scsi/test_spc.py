@@ -152,6 +152,13 @@ def test_big_lun_uses_descriptor_sense_and_d_sense(tmp_path: object) -> None:
     assert ctl[6] == 0x06
     rc = run(p, [0x25] + [0] * 9, alloc=8)
     assert rc.data[:4] == b"\xff\xff\xff\xff"
+    # MODE SENSE(10) with LLBAA: the 16-byte descriptor, with LIO's length arithmetic (it
+    # counts 17 bytes for it, so the first page starts at 21 and covers the block length)
+    ms = run(p, [0x5A, 0x10, 0x08, 0, 0, 0, 0, 0, 255, 0], alloc=255).data
+    assert ms[3] == 0x10 and ms[4] == 0x01 and ms[7] == 16
+    assert ms[8:16] == ((1 << 32) + 7).to_bytes(8, "big")
+    assert ms[21:23] == bytes([0x08, 0x12]) and len(ms) == 21 + 20
+    assert ms[:2] == (21 + 20 - 2).to_bytes(2, "big")
     rc16 = run(p, cdb16(0x9E, 0, 32, b1=0x10), alloc=32)
     assert struct.unpack(">Q", rc16.data[:8])[0] == (1 << 32) + 7
     bs.close()

@@ -303,6 +303,9 @@ def _transport_id(port: TargetPort, nexus: str) -> bytes:
 def _read_full_status(pr: PrState, dl: int) -> tuple[bytes, int]:
     body = bytearray()
     for r in pr.regs:
+        tid = _transport_id(r.port, r.nexus)
+        if len(tid) + len(body) > dl:
+            break  # LIO stops (and leaves them out of the length) when the next will not fit
         d = bytearray(24)
         d[0:8] = _U64.pack(r.key)
         if r.all_tg_pt:
@@ -312,7 +315,6 @@ def _read_full_status(pr: PrState, dl: int) -> tuple[bytes, int]:
             d[13] = (pr.scope & 0xF0) | (pr.type & 0x0F)
         if not r.all_tg_pt:
             d[18:20] = r.port.rtpi.to_bytes(2, "big")
-        tid = _transport_id(r.port, r.nexus)
         d[20:24] = len(tid).to_bytes(4, "big")
         body += d + tid
     head = pr.generation.to_bytes(4, "big") + len(body).to_bytes(4, "big")

@@ -159,6 +159,8 @@ def test_pr_in_capabilities_full_status_and_bad_input() -> None:
     assert full[8:16] == struct.pack(">Q", KA) and full[20] == 0x01 and full[21] == 0x01
     assert full[26:28] == bytes([0, 1]) and full[32:34] == bytes([0x06, 0])
     assert full[36:44] == bytes.fromhex("5001405aaaaaaaaa")
+    tiny = run(p, [0x5E, 3, 0, 0, 0, 0, 0, 0, 8, 0], alloc=8)
+    assert tiny.data == struct.pack(">II", 1, 0)  # LIO counts only descriptors that fit
     assert run(p, [0x5E, 0x09, 0, 0, 0, 0, 0, 1, 0, 0], alloc=256).key_asc == (5, 0x24, 0)
     assert run(p, [0x5E, 0, 0, 0, 0, 0, 0, 0, 4, 0], alloc=4).key_asc == (5, 0x24, 0)
     bad_len = struct.pack(">BBB2xIB", 0x5F, 0, 0, 16, 0)

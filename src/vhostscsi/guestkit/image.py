@@ -86,7 +86,7 @@ class GuestImage:
         key_src = {
             "format": _FORMAT,
             "kernel": _identity(k.vmlinuz),
-            "modules": [_identity(k.modules_dir / m) for m in mods],
+            "modules": [[m.startswith("?"), *_identity(k.modules_dir / m.lstrip("?"))] for m in mods],
             "busybox": _identity(Path(BUSYBOX)),
             "binaries": [_identity(p) for p in bins + libs],
             "files": {g: _file_source_key(s) for g, s in sorted(files.items())},
@@ -130,10 +130,11 @@ def _pack(
     """The cpio bytes: directories first, then devices, files and applet links."""
     content: dict[str, tuple[int, bytes]] = {"bin/busybox": (0o755, Path(BUSYBOX).read_bytes())}
     module_paths = []
-    for rel in mods:
+    for entry in mods:
+        optional, rel = entry.startswith("?"), entry.lstrip("?")
         dest, data = module_bytes(k, rel)
         content[dest] = (0o644, data)
-        module_paths.append("/" + dest)
+        module_paths.append(("?" if optional else "") + "/" + dest)
     content[MODULE_LIST.lstrip("/")] = (0o644, "".join(p + "\n" for p in module_paths).encode())
     for path in host_files:
         content[str(path).lstrip("/")] = (0o755, path.read_bytes())

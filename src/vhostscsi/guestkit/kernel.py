@@ -84,26 +84,65 @@ def _builtin(kernel: Kernel) -> set[str]:
     return {_module_name(line.strip()) for line in path.read_text().splitlines() if line.strip()}
 
 
+def _softdeps(kernel: Kernel) -> dict[str, list[str]]:
+    """name -> the "pre:" soft dependencies of modules.softdep (what modprobe loads first)."""
+    path = kernel.modules_dir / "modules.softdep"
+    deps: dict[str, list[str]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            words = line.split()
+            if len(words) > 3 and words[0] == "softdep" and "pre:" in words:
+                pre = words[words.index("pre:") + 1 :]
+                pre = pre[: pre.index("post:")] if "post:" in pre else pre
+                deps.setdefault(_norm(words[1]), []).extend(pre)
+    return deps
+
+
+def _aliases(kernel: Kernel) -> dict[str, list[str]]:
+    """Exact (non-pattern) aliases of modules.alias: "crypto-crc32c" -> [crc32c_intel, ...]."""
+    path = kernel.modules_dir / "modules.alias"
+    table: dict[str, list[str]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            words = line.split()
+            if len(words) == 3 and words[0] == "alias" and not any(c in words[1] for c in "*?["):
+                table.setdefault(words[1], []).append(_norm(words[2]))
+    return table
+
+
 def resolve_modules(kernel: Kernel, names: list[str]) -> list[str]:
     """Relative module paths (under modules_dir) in a valid load order, dependencies first.
 
+    Hard dependencies come from modules.dep; soft "pre:" dependencies (ext4 needs crc32c through
+    the crypto API, which modules.dep does not say) from modules.softdep, each alias expanded to
+    every module providing it and marked optional with a leading "?": a guest CPU may lack what
+    one of them needs (crc32c_intel under TCG), and modprobe would not fail on it either.
     Built-in modules are skipped; an unknown name is an error naming the kernel, since a typo
     would otherwise only show as a missing disk inside the guest.
     """
     table = _read_dep(kernel)
     builtin = _builtin(kernel)
+    soft = _softdeps(kernel)
+    aliases: dict[str, list[str]] | None = None
     by_path = {rel: name for name, (rel, _) in table.items()}
     order: list[str] = []
     seen: set[str] = set()
 
-    def visit(name: str) -> None:
+    def visit(name: str, optional: bool = False) -> None:
+        nonlocal aliases
         if name in seen:
             return
         seen.add(name)
         rel, deps = table[name]
+        for pre in soft.get(name, []):
+            if aliases is None:
+                aliases = _aliases(kernel)
+            for cand in [_norm(pre)] if _norm(pre) in table else aliases.get(pre, []):
+                if cand in table and cand not in builtin:
+                    visit(cand, optional=True)
         for dep in deps:
-            visit(by_path.get(dep, _module_name(dep)))
-        order.append(rel)
+            visit(by_path.get(dep, _module_name(dep)), optional)
+        order.append(("?" if optional else "") + rel)
 
     for raw in names:
         name = _norm(raw)

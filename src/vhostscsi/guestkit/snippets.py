@@ -40,7 +40,10 @@ mount -t configfs configfs /sys/kernel/config 2>/dev/null
 LOAD_MODULES = f"""\
 if [ -f {MODULE_LIST} ]; then
   while read -r m; do
-    insmod "$m" || echo "guestkit: insmod $m failed"
+    case "$m" in
+      \\?*) insmod "${{m#?}}" 2>/dev/null ;;  # optional (a soft dependency): may not fit this CPU
+      *) insmod "$m" || echo "guestkit: insmod $m failed" ;;
+    esac
   done < {MODULE_LIST}
 fi
 # configfs may only now exist (it can be a module)

@@ -21,8 +21,12 @@ def fake_kernel(tmp_path: Path) -> Kernel:
         "kernel/b-x.ko: kernel/a.ko\n"
         "kernel/c.ko: kernel/b-x.ko kernel/a.ko\n"
         "kernel/e.ko.xz: kernel/a.ko\n"
+        "kernel/f_fast.ko:\n"
+        "kernel/f_generic.ko:\n"
     )
     (mdir / "modules.builtin").write_text("kernel/d.ko\n")
+    (mdir / "modules.softdep").write_text("# soft dependencies\nsoftdep c pre: crypto-f post: a\n")
+    (mdir / "modules.alias").write_text("alias crypto-f f_fast\nalias crypto-f f_generic\nalias pci:v*d* c\n")
     for name in ("a", "b-x", "c"):
         (mdir / "kernel" / f"{name}.ko").write_bytes(name.encode())
     (mdir / "kernel" / "e.ko.xz").write_bytes(lzma.compress(b"ELF-e"))
@@ -34,10 +38,23 @@ def fake_kernel(tmp_path: Path) -> Kernel:
 def test_dependencies_first_each_once(tmp_path: Path) -> None:
     k = fake_kernel(tmp_path)
     assert resolve_modules(k, ["c", "b_x", "d", "e"]) == [
+        "?kernel/f_fast.ko",
+        "?kernel/f_generic.ko",
         "kernel/a.ko",
         "kernel/b-x.ko",
         "kernel/c.ko",
         "kernel/e.ko.xz",
+    ]
+
+
+def test_soft_dependencies_come_first_marked_optional(tmp_path: Path) -> None:
+    k = fake_kernel(tmp_path)
+    assert resolve_modules(k, ["c"]) == [
+        "?kernel/f_fast.ko",
+        "?kernel/f_generic.ko",
+        "kernel/a.ko",
+        "kernel/b-x.ko",
+        "kernel/c.ko",
     ]
 
 

@@ -5,7 +5,9 @@ Python and this very checkout; the kernel engine then loads LIO's modules, mount
 writes it for real. (The cloud kernel has no 9p; packing Python into an initramfs would be a
 second, divergent install.) The checks are the seed's configfs screens, idempotence, removal of a
 LUN and of a storage object, write protection through the nexus ACL, and that objects made by
-someone else survive `clear`.
+someone else survive `clear`. With the real /dev/vhost-scsi present, it also checks that QEMU takes
+`qemu-args` output and that libvirt (`virsh domxml-to-native` on the embedded QEMU driver, run as
+nobody) turns `libvirt-xml` output into QEMU's vhost-scsi-pci device.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ WWN = "naa.500140568720f76f"
 NEXUS = "naa.5001405aaaaaaaaa"
 SERIAL = "4a3a2d4b-1234-4c56-9d8e-0123456789ab"
 T = "/sys/kernel/config/target"
+QEMU_DRIVER = "/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so"
 TPG = f"{T}/vhost/{WWN}/tpgt_1"
 
 
@@ -90,6 +93,19 @@ step nexus; cat @TPG@/nexus
 step wp; cat @TPG@/acls/@NEXUS@/lun_0/write_protect @TPG@/acls/@NEXUS@/lun_1/write_protect @TPG@/acls/@NEXUS@/lun_2/write_protect
 step qemu; A=$(@PYTHON@ -m vhostscsi qemu-args @WWN@ --config $D/three-luns.json --bus pci.0 --addr 0x5)
 printf 'info pci\nquit\n' | timeout 120 qemu-system-x86_64 -accel tcg -nodefaults -display none -S -m 64 $A -monitor stdio 2>&1 | grep -E -A1 'device +5,|qemu-system' | grep -v '^--'
+step libvirt
+if [ -e @QEMU_DRIVER@ ]; then
+  { echo "<domain type='qemu'><name>t</name><memory unit='KiB'>131072</memory>"
+    echo "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>"
+    @PYTHON@ -m vhostscsi libvirt-xml @WWN@ --config $D/three-luns.json --bus pci.0 --addr 0x5
+    echo "</devices></domain>"; } > /run/domain.xml
+  chmod 666 /dev/vhost-scsi; mkdir -m 777 /run/libvirt-embed
+  timeout 300 setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=/run/libvirt-embed \
+    XDG_RUNTIME_DIR=/run/libvirt-embed LC_ALL=C virsh -c 'qemu:///embed?root=/run/libvirt-embed' \
+    domxml-to-native qemu-argv /run/domain.xml | grep -o "\-device '{\"driver\":\"vhost-scsi-pci\"[^']*'"
+else
+  echo "no libvirt qemu driver"
+fi
 step apply2; $V apply --config $D/three-luns.json; echo "rc=$?"
 step dry2; $V apply --dry-run --config $D/three-luns.json; echo "rc=$?"
 step status2; $V status --config $D/three-luns.json; echo "rc=$?"
@@ -119,7 +135,8 @@ def test_kernel_apply_in_a_real_lio(tmp_path: Path) -> None:
     kernel = generic_kernel()
     write_configs(tmp_path)
     script = (GUEST_SCRIPT.replace("@PYTHON@", sys.executable).replace("@DIR@", str(tmp_path))
-              .replace("@TPG@", TPG).replace("@T@", T).replace("@NEXUS@", NEXUS).replace("@WWN@", WWN))
+              .replace("@TPG@", TPG).replace("@T@", T).replace("@NEXUS@", NEXUS).replace("@WWN@", WWN)
+              .replace("@QEMU_DRIVER@", QEMU_DRIVER))
     try:
         img = GuestImage.build(None, modules=["virtio_pci", "9pnet_virtio", "9p"], init_script=script,
                                kernel=kernel)
@@ -159,6 +176,12 @@ def test_kernel_apply_in_a_real_lio(tmp_path: Path) -> None:
     # QEMU takes the printed arguments with the real /dev/vhost-scsi: the device sits in slot 5
     assert s["qemu"].splitlines() == ["  Bus  0, device   5, function 0:",
                                       "    SCSI controller: PCI device 1af4:1004"], s["qemu"]
+
+    # libvirt turns the printed <hostdev> into QEMU's vhost-scsi-pci, opening the real /dev/vhost-scsi
+    if s["libvirt"] != "no libvirt qemu driver":
+        assert re.fullmatch(r"-device '\{\"driver\":\"vhost-scsi-pci\",\"wwpn\":\"naa\.500140568720f76f\","
+                            r"\"vhostfd\":\"\d+\",\"id\":\"hostdev0\",\"bus\":\"pci\.0\",\"addr\":\"0x5\"\}'",
+                            s["libvirt"]), s["libvirt"]
 
     assert s["apply2"] == "nothing to do: LIO matches the configuration\nrc=0"
     assert s["dry2"] == "rc=0"  # an empty plan

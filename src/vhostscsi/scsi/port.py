@@ -60,7 +60,11 @@ class TargetPort:
         self.tg_pt_gp_id = 0  # LIO's default_tg_pt_gp
         self.proto_id = next((v for k, v in _PROTO.items() if wwn.lower().startswith(k)), 0x6)
         self._luns: dict[int, LunEntry] = {}
-        self._nexuses: set[str] = set()
+        # Initiators seen, each with its LUN list in LIO's order: a session maps the LUNs that
+        # exist in creation order, and a LUN added later goes to the front (hlist_add_head in
+        # core_enable_device_list_for_node). REPORT LUNS answers in this order.
+        self._nexuses: dict[str, list[int]] = {}
+        self._created: list[int] = []
         # Per-command scratch (one thread per port): the residual LIO's size check noted.
         self.resid_base = 0
 
@@ -77,6 +81,9 @@ class TargetPort:
         if lun_id in self._luns:
             self.remove_lun(lun_id)
         self._luns[lun_id] = LunEntry(lun_id, dev, write_protect)
+        self._created.append(lun_id)
+        for order in self._nexuses.values():
+            order.insert(0, lun_id)
         dev.add_export(self.rtpi)
         self._luns_changed(skip=lun_id)
 
@@ -85,6 +92,9 @@ class TargetPort:
         entry = self._luns.pop(lun_id, None)
         if entry is None:
             return
+        self._created.remove(lun_id)
+        for order in self._nexuses.values():
+            order.remove(lun_id)
         entry.dev.remove_export(self.rtpi)
         pr = entry.dev.pr
         with pr.lock:
@@ -109,6 +119,17 @@ class TargetPort:
         """The LUN ids this port exports, ascending."""
         return sorted(self._luns)
 
+    def add_nexus(self, nexus: str) -> None:
+        """An I_T nexus (session) is established: it sees the current LUNs in creation order.
+        Called implicitly by the first command from an initiator."""
+        if nexus not in self._nexuses:
+            self._nexuses[nexus] = list(self._created)
+
+    def report_luns_order(self, nexus: str) -> list[int]:
+        """The LUNs as LIO's REPORT LUNS lists them for this initiator."""
+        order = self._nexuses.get(nexus)
+        return list(order) if order is not None else list(self._created)
+
     def device(self, lun_id: int) -> Device | None:
         """The device behind a LUN, if any."""
         entry = self._luns.get(lun_id)
@@ -128,7 +149,7 @@ class TargetPort:
         with pr.lock:
             pr.spc2 = None
             pr.refresh_active()
-        self._nexuses.add(nexus)
+        self.add_nexus(nexus)
         ua_mod.allocate(entry, nexus, *ua_mod.BUS_DEVICE_RESET)
 
     def it_nexus_reset(self, nexus: str) -> None:
@@ -164,7 +185,7 @@ class TargetPort:
             if lun is None:
                 return self._no_lun(nexus, lun_id, cdb, data_out, data_in)
             if nexus not in self._nexuses:
-                self._nexuses.add(nexus)
+                self.add_nexus(nexus)
             if data_out and lun.read_only and total(data_out):
                 return Reason.WRITE_PROTECTED
             self.resid_base = 0
@@ -203,7 +224,7 @@ class TargetPort:
         code = cdb[0]
         if code == op.REPORT_LUNS:
             alloc = int.from_bytes(bytes(cdb[6:10]), "big")
-            return reply(din, spc.report_luns_data(self.luns()), alloc)
+            return reply(din, spc.report_luns_data(self.report_luns_order(nexus)), alloc)
         if code == op.INQUIRY and not (cdb[1] & 1) and not cdb[2]:
             return reply(din, virtual_lun0_inquiry(self), (cdb[3] << 8) | cdb[4])
         return Reason.NON_EXISTENT_LUN

@@ -93,8 +93,8 @@ def lun_bytes(lun_id: int) -> bytes:
 
 
 def report_luns_data(lun_ids: Sequence[int]) -> bytes:
-    """REPORT LUNS parameter data; with no LUNs, LIO reports LUN 0."""
-    ids = sorted(lun_ids) or [0]
+    """REPORT LUNS parameter data, in the given order; with no LUNs, LIO reports LUN 0."""
+    ids = list(lun_ids) or [0]
     return (len(ids) * 8).to_bytes(4, "big") + bytes(4) + b"".join(lun_bytes(i) for i in ids)
 
 
@@ -104,7 +104,7 @@ def _report_luns(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memor
     stop = admit(port, lun, nexus, cdb, dout, din, alloc)
     if stop is not None:
         return stop
-    return reply(din, report_luns_data(port.luns()), alloc)
+    return reply(din, report_luns_data(port.report_luns_order(nexus)), alloc)
 
 
 def _mode_sense(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryview,

@@ -184,3 +184,24 @@ def test_fileio_resize_of_a_real_file_reaches_the_guest(tmp_path: object) -> Non
     assert run(p, [0x25] + [0] * 9, alloc=8).data[:4] == (4095).to_bytes(4, "big")
     assert run(p, cdb10(0x28, 4095, 1), alloc=512).status == 0
     bs.close()
+
+
+def test_report_luns_order_follows_lio_sessions() -> None:
+    """LUNs present when the initiator arrives: creation order; LUNs hot-added later come first
+    (LIO inserts each new mapping at the head of the initiator's list)."""
+    p = TargetPort(WWN, 1)
+    p.add_lun(2, ramdisk(name="a"))
+    p.add_lun(0, ramdisk(name="b"))
+    rl = [0xA0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]
+
+    def order(nexus: str = NEXUS) -> list[int]:
+        d = run(p, rl, alloc=256, nexus=nexus).data
+        return [d[8 + 8 * i + 1] for i in range(int.from_bytes(d[:4], "big") // 8)]
+
+    assert order() == [2, 0]
+    p.add_lun(5, ramdisk(name="c"))
+    p.add_lun(1, ramdisk(name="d"))
+    assert order() == [1, 5, 2, 0]
+    assert order(OTHER) == [2, 0, 5, 1]  # a newcomer maps them in creation order
+    p.remove_lun(5)
+    assert order() == [1, 2, 0] and order(OTHER) == [2, 0, 1]

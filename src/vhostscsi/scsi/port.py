@@ -125,6 +125,24 @@ class TargetPort:
         if nexus not in self._nexuses:
             self._nexuses[nexus] = list(self._created)
 
+    def end_nexus(self, nexus: str) -> None:
+        """The I_T nexus is gone (vhost: the guest driver stopped). As LIO frees a demo-mode
+        session's node ACL: its pending unit attentions, LUN map and persistent reservation
+        registrations go (a reservation it held is released), and so does its SPC-2
+        reservation. A later command starts a fresh nexus."""
+        if self._nexuses.pop(nexus, None) is None:
+            return
+        for entry in self._luns.values():
+            with ua_mod.LOCK:
+                entry.ua.pop(nexus, None)
+            pr = entry.dev.pr
+            with pr.lock:
+                for reg in [r for r in pr.regs if r.port is self and r.nexus == nexus]:
+                    pr.remove(reg)
+                if pr.spc2 is not None and pr.spc2[0] is self and pr.spc2[1] == nexus:
+                    pr.spc2 = None
+                pr.refresh_active()
+
     def report_luns_order(self, nexus: str) -> list[int]:
         """The LUNs as LIO's REPORT LUNS lists them for this initiator."""
         order = self._nexuses.get(nexus)

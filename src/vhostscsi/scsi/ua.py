@@ -16,7 +16,7 @@ __all__ = ["allocate", "take", "exempt"]
 # Unit attentions for one port's LUN can be raised from another port's thread (a PR change
 # on a shared device). Queue changes are rare, so one small lock covers them; the data path
 # never takes it (it only tests `lun.ua` for emptiness).
-_LOCK = threading.Lock()
+LOCK = threading.Lock()
 
 # SAM: INQUIRY, REPORT LUNS and REQUEST SENSE run despite a pending unit attention.
 _EXEMPT = frozenset((op.INQUIRY, op.REPORT_LUNS, op.REQUEST_SENSE))
@@ -47,7 +47,7 @@ def allocate(lun: HasUa, nexus: str, asc: int, ascq: int) -> None:
     Duplicates are dropped; 29h (reset family) conditions go to the head, higher ASCQ first;
     everything else to the tail. Like LIO, only the head entry is compared for priority.
     """
-    with _LOCK:
+    with LOCK:
         _allocate(lun, nexus, asc, ascq)
 
 
@@ -73,7 +73,7 @@ def _allocate(lun: HasUa, nexus: str, asc: int, ascq: int) -> None:
 
 def take(lun: HasUa, nexus: str, intlck_ctrl: int = 0) -> tuple[int, int] | None:
     """Report the highest-priority condition; with UA_INTLCK_CTRL 00b clear them all (LIO)."""
-    with _LOCK:
+    with LOCK:
         q = lun.ua.get(nexus)
         if not q:
             return None

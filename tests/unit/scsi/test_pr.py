@@ -179,3 +179,21 @@ def test_registration_makes_spc2_reserve_conflict() -> None:
     assert run(p, [0x16, 0, 0, 0, 0, 0], nexus=A).status == 0x18
     pro_status(p, A, 1, KA, type_=1)
     assert run(p, [0x16, 0, 0, 0, 0, 0], nexus=A).status == 0  # holder: GOOD, no change
+
+
+def test_end_nexus_drops_its_registrations_reservations_and_attentions() -> None:
+    p = port_with(ramdisk())
+    pro_status(p, A, 0, 0, KA)
+    pro_status(p, B, 0, 0, KB)
+    pro_status(p, A, 1, KA, type_=3)  # A holds EXCLUSIVE ACCESS
+    assert run(p, cdb10(0x28, 0, 1), alloc=512, nexus=B).status == 0x18
+    p.lun_reset(A, 0)  # a pending unit attention for A
+    p.end_nexus(A)  # A's session ends (guest driver stopped)
+    assert run(p, cdb10(0x28, 0, 1), alloc=512, nexus=B).status == 0  # reservation gone
+    assert pri(p, B, 0)[8:] == struct.pack(">Q", KB)  # only B's key is left
+    assert run(p, [0, 0, 0, 0, 0, 0], nexus=A).status == 0  # no stale unit attention
+    assert run(p, [0x16, 0, 0, 0, 0, 0], nexus=B).status == 0x18  # B still registered
+    pro_status(p, B, 0, KB, 0)
+    assert run(p, [0x16, 0, 0, 0, 0, 0], nexus=B).status == 0
+    p.end_nexus(B)
+    assert run(p, cdb10(0x2A, 0, 1), dout=bytes(512), nexus=A).status == 0  # SPC-2 gone too

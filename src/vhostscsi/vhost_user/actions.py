@@ -49,7 +49,13 @@ class KickFd:
 
 @dataclass(frozen=True, slots=True)
 class CallFd:
-    """Signal completions of ring `index` on `fd` (None: none); close the previous one."""
+    """Signal completions of ring `index` on `fd` (None: none); close the previous one.
+
+    Write 1 to a new fd once, right away (libvhost-user does the same): QEMU swaps call fds while it starts the
+    device (its own masked notifier first, the guest's irqfd last), and a completion signalled on the old fd,
+    such as a request resubmitted after a back-end restart, would otherwise never interrupt the guest. A
+    spurious interrupt is harmless; a lost one hangs the guest's I/O.
+    """
 
     index: int
     fd: int | None

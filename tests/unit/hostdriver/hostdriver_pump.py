@@ -11,6 +11,8 @@ import os
 import select
 import socket
 import threading
+import time
+from pathlib import Path
 from typing import Any, Mapping
 
 from vhostscsi.hostdriver.frontend import FrontEnd
@@ -78,6 +80,8 @@ class Pump(threading.Thread):
                 self._swap(self.kick, a.index, a.fd)
             elif isinstance(a, CallFd):
                 self._swap(self.call, a.index, a.fd)
+                if a.fd is not None:
+                    os.eventfd_write(a.fd, 1)  # a completion signalled on the fd this one replaces may be lost
             elif isinstance(a, ErrFd):
                 self._swap(self.err, a.index, a.fd)
             elif isinstance(a, RingStarted):
@@ -167,3 +171,13 @@ class Harness:
         self.fe.close()
         self.pump.stop()
         self.ram.close()
+
+
+def wait_console(path: Path, marker: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        if marker in text:
+            return text
+        time.sleep(0.1)
+    raise AssertionError(f"guest never printed {marker!r}:\n{path.read_text(errors='replace')[-2000:]}")

@@ -8,11 +8,10 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from hostdriver_pump import Pump
+from hostdriver_pump import Pump, wait_console
 
 from vhostscsi.backstores.fileio import FileIOBackstore
 from vhostscsi.backstores.ramdisk import RamdiskBackstore
@@ -75,16 +74,6 @@ def image() -> GuestImage:
                                 init_script=SCRIPT)
     except GuestkitError as e:
         pytest.skip(str(e))
-
-
-def wait_console(path: Path, marker: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = path.read_text(errors="replace") if path.exists() else ""
-        if marker in text:
-            return text
-        time.sleep(0.1)
-    raise AssertionError(f"guest never printed {marker!r}:\n{path.read_text(errors='replace')[-2000:]}")
 
 
 def test_guest_resize_event_and_lun_reset(tmp_path: Path, image: GuestImage) -> None:

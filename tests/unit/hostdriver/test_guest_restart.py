@@ -1,0 +1,122 @@
+"""A Linux guest writes while its back end dies with writes taken from the ring and not completed. QEMU
+(a version that reconnects) comes back to a fresh Session + VirtioScsi and hands over the in-flight area; the
+new back end runs the taken requests, and the guest's data reads back intact: nothing lost, no I/O error."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from hostdriver_pump import Pump, wait_console
+
+from vhostscsi.backstores.ramdisk import RamdiskBackstore
+from vhostscsi.guestkit import (
+    GNU_DD,
+    VIRTIO_SCSI_MODULES,
+    GuestImage,
+    GuestkitError,
+    qemu_command,
+    shared_memory_args,
+)
+from vhostscsi.scsi import Device, TargetPort
+from vhostscsi.vhost_user.session import Session
+from vhostscsi.virtio.scsi import VirtioScsi
+
+pytestmark = pytest.mark.guest
+
+QEMU_RECONNECT = os.environ.get("VHOSTSCSI_QEMU_RECONNECT")  # a QEMU >= 8.2 (Debian backports' 10.0 works)
+FREEZE_AT = 20  # the 20th WRITE hangs the first back end, which then "dies"
+
+SCRIPT = rf"""
+set -u
+i=0; while [ ! -e /dev/sda ]; do i=$((i+1)); [ $i -gt 300 ] && {{ echo NO-DISK; exit 1; }}; sleep 0.1; done
+dd if=/dev/urandom of=/tmp/pat bs=64k count=64 2>/dev/null
+{GNU_DD} if=/tmp/pat of=/dev/sda bs=64k oflag=direct 2>/tmp/err && echo WRITE-DONE || cat /tmp/err
+{GNU_DD} if=/dev/sda of=/tmp/back bs=64k count=64 iflag=direct 2>/dev/null
+cmp /tmp/pat /tmp/back && echo VERIFY-OK
+dmesg | grep -i -E 'error|abort|reset' | head -5
+"""
+
+
+class Crash(BaseException):
+    """Not an Exception: nothing in the data path catches it, as nothing survives a SIGKILL."""
+
+
+class FreezingPort:
+    """The real port, except that the FREEZE_AT-th WRITE blocks until released, then 'kills' its thread."""
+
+    def __init__(self, port: TargetPort) -> None:
+        self.port = port
+        self.writes = 0
+        self.frozen = threading.Event()
+        self.release = threading.Event()
+
+    def __getattr__(self, name: str):
+        return getattr(self.port, name)
+
+    def execute(self, nexus, lun, cdb, data_out, data_in):
+        if cdb[0] in (0x2A, 0x8A):
+            self.writes += 1
+            if self.writes == FREEZE_AT:
+                self.frozen.set()
+                self.release.wait(60)
+                raise Crash()
+        return self.port.execute(nexus, lun, cdb, data_out, data_in)
+
+
+@pytest.fixture(scope="module")
+def image() -> GuestImage:
+    try:
+        return GuestImage.build(extra_binaries=[GNU_DD], modules=VIRTIO_SCSI_MODULES, init_script=SCRIPT)
+    except GuestkitError as e:
+        pytest.skip(str(e))
+
+
+@pytest.mark.skipif(not QEMU_RECONNECT, reason="set VHOSTSCSI_QEMU_RECONNECT to a QEMU that can reconnect")
+def test_guest_writes_survive_a_back_end_restart(tmp_path: Path, image: GuestImage) -> None:
+    disk = RamdiskBackstore("disk0", 16 << 20)
+    real = TargetPort("naa.5001405000000001", 1)
+    real.add_lun(0, Device(disk, "disk0", "0f4a9bd8-5c3e-4f11-9d8e-000000000000", write_back=True))
+    freezing = FreezingPort(real)
+    sock = str(tmp_path / "vhost.sock")
+    ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    ls.bind(sock)
+    ls.listen(1)
+    ls.settimeout(60)
+    console = tmp_path / "console.txt"
+    share = pathlib.Path(QEMU_RECONNECT).resolve().parent.parent / "share"
+    firmware = [arg for d in ("qemu", "seabios") if (share / d).is_dir() for arg in ("-L", str(share / d))]
+    cmd = qemu_command(image, console, firmware + shared_memory_args(512) + [
+        "-chardev", f"socket,id=c0,path={sock},reconnect-ms=500", "-device", "vhost-user-scsi-pci,chardev=c0"],
+        qemu=QEMU_RECONNECT)
+    with open(tmp_path / "qemu.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    pumps: list[Pump] = []
+    try:
+        conn, _ = ls.accept()
+        first = Pump(conn, Session(num_queues=3), VirtioScsi({1: freezing}))
+        first.start()
+        pumps.append(first)
+        assert freezing.frozen.wait(120), f"the guest never wrote: {console.read_text(errors='replace')[-1500:]}"
+        conn.shutdown(socket.SHUT_RDWR)  # the back end "dies" with the write (and its batch) taken
+        conn2, _ = ls.accept()
+        second_session = Session(num_queues=3)
+        second = Pump(conn2, second_session, VirtioScsi({1: real}))
+        second.start()
+        pumps.append(second)
+        text = wait_console(console, "GUESTKIT-EXIT", 180)
+        assert "WRITE-DONE" in text and "VERIFY-OK" in text, text[-2000:]
+        assert second.error is None and second.protocol_error is None
+    finally:
+        freezing.release.set()
+        proc.kill()
+        proc.wait()
+        for p in pumps:
+            p.stop()
+        ls.close()
+        disk.close()

@@ -267,3 +267,21 @@ def test_comma_in_a_file_name_is_refused() -> None:
     cfg.storage_objects[0].dev = "/var/a,b.img"
     with pytest.raises(KernelError, match="LIO cannot take a path containing ','"):
         desired_state(cfg)
+
+
+def test_new_lun_is_also_mapped_in_the_nexus_acl(tmp_path: Path) -> None:
+    """With an explicit ACL the nexus sees only mapped LUNs: a new LUN must be mapped too."""
+    from vhostscsi.config.model import new_storage_object
+
+    cfg = two_luns()
+    extra = cfg.add_storage_object(new_storage_object("ramdisk", "rd1", size=1 << 20, wwn=RD_SERIAL[:-1] + "c"))
+    cfg.targets[0].tpgs[0].add_lun(extra).alias = "c08824829b"
+    text = plan_text(applied_lio(tmp_path), cfg, all_ours())
+    assert text.endswith(f"""\
+mkdir R/{TPG}/lun/lun_2
+ln -s R/core/rd_mcp_1/rd1 R/{TPG}/lun/lun_2/c08824829b
+mkdir R/{TPG}/acls/{NEXUS}/lun_2
+ln -s R/{TPG}/lun/lun_2 R/{TPG}/acls/{NEXUS}/lun_2/c08824829b
+printf '%s' 0 > R/{TPG}/acls/{NEXUS}/lun_2/write_protect
+""")
+    assert text.startswith("mkdir R/core/rd_mcp_1\nmkdir R/core/rd_mcp_1/rd1\n")

@@ -23,9 +23,10 @@ from vhostscsi.guestkit.cpio import Entry, write_cpio
 from vhostscsi.guestkit.kernel import GuestkitError, Kernel, find_kernel, module_bytes, resolve_modules
 from vhostscsi.guestkit.snippets import MODULE_LIST, wrap_init
 
-__all__ = ["GuestImage", "default_cache_dir", "BUSYBOX"]
+__all__ = ["GuestImage", "default_cache_dir", "prune_cache", "BUSYBOX", "CACHE_LIMIT"]
 
 BUSYBOX = "/usr/bin/busybox"
+CACHE_LIMIT = 2 << 30  # bytes of images kept in a cache directory
 _FORMAT = 1  # bump when the image layout changes, so old cache entries are not reused
 FileSource = bytes | str | os.PathLike[str]
 
@@ -97,7 +98,9 @@ class GuestImage:
         key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:24]
         out_dir = Path(workdir) if workdir is not None else default_cache_dir()
         initrd = out_dir / f"initrd-{key}.cpio{'.gz' if compress else ''}"
-        if not initrd.is_file():
+        if initrd.is_file():
+            os.utime(initrd)  # last use, for pruning
+        else:
             out_dir.mkdir(parents=True, exist_ok=True)
             blob = _pack(k, mods, bins + libs, files, init_script, wrap)
             if compress:
@@ -105,7 +108,35 @@ class GuestImage:
             tmp = initrd.with_name(initrd.name + f".tmp{os.getpid()}")
             tmp.write_bytes(blob)
             os.replace(tmp, initrd)
+            prune_cache(out_dir, keep=initrd)
         return cls(kernel=k.vmlinuz, initrd=initrd, kernel_version=k.version)
+
+
+def prune_cache(cache_dir: Path, limit_bytes: int = CACHE_LIMIT, keep: Path | None = None) -> list[Path]:
+    """Delete the least recently used images until the cache fits ``limit_bytes``.
+
+    Every changed init script or case list makes a new image, so without this the cache only
+    grows; ``keep`` (the image just built) is never deleted. Returns what was removed.
+    """
+    images = []
+    for p in cache_dir.glob("initrd-*.cpio*"):
+        try:
+            st = p.stat()
+        except FileNotFoundError:  # another process pruned it
+            continue
+        if ".tmp" not in p.name:
+            images.append((st.st_mtime, st.st_size, p))
+    total = sum(size for _, size, _ in images)
+    removed = []
+    for _, size, p in sorted(images):
+        if total <= limit_bytes:
+            break
+        if keep is not None and p == keep:
+            continue
+        p.unlink(missing_ok=True)
+        total -= size
+        removed.append(p)
+    return removed
 
 
 def _busybox_applets() -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -70,10 +71,10 @@ def test_image_contents(tmp_path: Path, kernel_ok: None) -> None:
 
 def test_cache_hit_and_miss(tmp_path: Path, kernel_ok: None) -> None:
     one = GuestImage.build(tmp_path, init_script="echo one\n")
-    stamp = one.initrd.stat().st_mtime_ns
+    inode = one.initrd.stat().st_ino
     again = GuestImage.build(tmp_path, init_script="echo one\n")
     other = GuestImage.build(tmp_path, init_script="echo two\n")
-    assert again.initrd == one.initrd and one.initrd.stat().st_mtime_ns == stamp
+    assert again.initrd == one.initrd and one.initrd.stat().st_ino == inode  # reused, not rewritten
     assert other.initrd != one.initrd
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([one.initrd.name, other.initrd.name])
 
@@ -86,3 +87,19 @@ def test_compressed_image_is_gzip(tmp_path: Path, kernel_ok: None) -> None:
 def test_missing_program_is_one_clear_error(tmp_path: Path, kernel_ok: None) -> None:
     with pytest.raises(GuestkitError, match="'no-such-tool' not found"):
         GuestImage.build(tmp_path, extra_binaries=["no-such-tool"])
+
+
+def test_prune_removes_least_recently_used_first(tmp_path: Path) -> None:
+    from vhostscsi.guestkit.image import prune_cache
+
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"initrd-{i}.cpio"
+        p.write_bytes(b"x" * 1000)
+        os.utime(p, (1000 + i, 1000 + i))
+        paths.append(p)
+    os.utime(paths[0], (2000, 2000))  # used recently: survives
+    (tmp_path / "other.txt").write_bytes(b"y" * 5000)  # not an image: never touched
+    removed = prune_cache(tmp_path, limit_bytes=2500, keep=paths[1])  # paths[1] is the oldest, but kept
+    assert removed == [paths[2], paths[3]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["initrd-0.cpio", "initrd-1.cpio", "other.txt"]

@@ -189,16 +189,23 @@ def param_lists(draw: st.DrawFn) -> tuple[bytes, bytes]:
 def test_parameter_lists_and_reservation_sequences(errors: Errors,
                                                    cases: list[tuple[tuple[bytes, bytes], str]]) -> None:
     p, bs = make()
+    pr = p.device(0).pr  # type: ignore[union-attr]
     for (cdb, param), nexus in cases:
         execute_checked(p, errors, cdb, [bytearray(param)] if param else [], [], nexus=nexus)
         execute_checked(p, errors, bytes([0x5E, 0, 0, 0, 0, 0, 0, 1, 0, 0]), [], [256], nexus=nexus)
         execute_checked(p, errors, bytes([0x5E, 3, 0, 0, 0, 0, 0, 1, 0, 0]), [], [256], nexus=nexus)
+        # the reservation state stays coherent whatever the initiators sent
+        assert pr.holder is None or pr.holder in pr.regs
+        assert (pr.holder is None) == (pr.type == 0)
+        assert pr.active == (pr.holder is not None or pr.spc2 is not None)
+        assert len({(id(r.port), r.nexus) for r in pr.regs}) == len(pr.regs)
+        assert all(r.key for r in pr.regs)
     for op, off, n in bs.log:
         assert 0 <= off and off + n <= BLOCKS * 512
 
 
 @settings(max_examples=1500, **SETTINGS)
-@given(events=st.lists(st.sampled_from(["cap", "reset", "add", "remove", "nexus", "cmd"]),
+@given(events=st.lists(st.sampled_from(["cap", "reset", "add", "remove", "nexus", "cmd", "end"]),
                        max_size=8),
        cdb=cdbs())
 def test_unit_attention_events_interleaved(errors: Errors, events: list[str], cdb: bytes) -> None:
@@ -214,5 +221,7 @@ def test_unit_attention_events_interleaved(errors: Errors, events: list[str], cd
             p.remove_lun(2)
         elif e == "nexus":
             p.it_nexus_reset(NEXUS)
+        elif e == "end":
+            p.end_nexus(NEXUS)
         execute_checked(p, errors, cdb, [], [255])
         execute_checked(p, errors, bytes([0x03, 0, 0, 0, 96, 0]), [], [96])

@@ -164,7 +164,7 @@ def unpack_u64(payload: bytes) -> int:
 
 
 class VringState(NamedTuple):
-    index: int
+    index: int  # type: ignore[assignment]  # the spec's name; shadows tuple.index, which nobody calls here
     num: int
 
 
@@ -180,7 +180,7 @@ def unpack_vring_state(payload: bytes) -> VringState:
 class VringAddr(NamedTuple):
     """Ring addresses in the front end's (QEMU's) virtual address space, not guest physical."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # the spec's name (see VringState)
     flags: int
     desc: int
     used: int
@@ -200,7 +200,7 @@ def unpack_vring_addr(payload: bytes) -> VringAddr:
 class VringFile(NamedTuple):
     """SET_VRING_KICK/CALL/ERR: ring index and whether an fd is attached (no fd = polling / not used)."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # the spec's name (see VringState)
     has_fd: bool
 
 

@@ -194,6 +194,7 @@ class VirtioScsi:
         out = chain.out
         ins = chain.in_
         # response area (device-writable, first)
+        resp: memoryview | bytearray
         if ins and len(ins[0]) >= RESP_SIZE:
             first = ins[0]
             resp = first
@@ -212,9 +213,10 @@ class VirtioScsi:
             hdr = bytes(first[:REQ_SIZE])  # one private copy: the guest may rewrite its memory meanwhile
             data_out = [first[REQ_SIZE:], *out[1:]] if len(first) > REQ_SIZE else out[1:]
         else:
-            hdr = _gather(out, REQ_SIZE)
-            if hdr is None:
+            gathered = _gather(out, REQ_SIZE)
+            if gathered is None:
                 return self._respond(resp, ins, scattered, S_FAILURE)
+            hdr = gathered
             data_out = _split_at(out, REQ_SIZE) or []
         target = hdr[1]
         port = self.ports.get(target) if hdr[0] == 1 else None

@@ -197,7 +197,7 @@ class SplitVirtqueue:
         mask = self._mask
         walk = self.walk
         inflight = self.inflight
-        out = []
+        out: list[Chain] = []
         for k in range(n):
             head = avail[2 + ((last + k) & mask)]
             if head >= size:

@@ -101,7 +101,7 @@ def _fill_header(ram: GuestRam, slot: Slot, args: argparse.Namespace, write: boo
 def _ok(ram: GuestRam, slot: Slot, device: str) -> bool:
     if device == "scsi":
         _sl, _resid, _q, status, response = struct.unpack("<IIHBB", ram.read(slot.status_gpa, 12))
-        return response == vs.S_OK and status == 0
+        return bool(response == vs.S_OK and status == 0)
     return ram.read(slot.status_gpa, 1) == b"\0"
 
 

@@ -160,7 +160,8 @@ def pack_u64(value: int) -> bytes:
 
 def unpack_u64(payload: bytes) -> int:
     _expect(payload, 8, "u64")
-    return _U64.unpack(payload)[0]
+    value: int = _U64.unpack(payload)[0]
+    return value
 
 
 class VringState(NamedTuple):

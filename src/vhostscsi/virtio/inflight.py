@@ -68,7 +68,8 @@ class InflightQueue:
         struct.pack_into("<H", self.buf, 14, used_idx)
 
     def used_idx(self) -> int:
-        return struct.unpack_from("<H", self.buf, 14)[0]
+        value: int = struct.unpack_from("<H", self.buf, 14)[0]
+        return value
 
     def recover(self, ring_used_idx: int) -> list[int]:
         """Heads still in flight, oldest first; repairs a push interrupted between used.idx and the region."""

@@ -235,7 +235,7 @@ class VirtioScsi:
         sense_len = len(sense)
         if sense_len > SENSE_SIZE:
             sense_len = SENSE_SIZE
-        data_in_len = result.data_in_len
+        data_in_len: int = result.data_in_len
         expected = 0
         for v in data_in:
             expected += len(v)

@@ -172,6 +172,33 @@ def run(argv: list[str]) -> str:
         raise UsageError(str(exc)) from None
 
 
+def readiness_notes(argv: list[str], configfs: Path | None = None) -> list[str]:
+    """Why the guest would come up without its disks, said now (stderr), not after boot.
+
+    QEMU accepts vhost-scsi-pci for a WWN the kernel does not have (the guest just sees no LUNs),
+    and vhost-user needs the daemon listening before QEMU starts.
+    """
+    from vhostscsi.engines.kernel.configfs import DEFAULT_ROOT
+
+    try:
+        opts = build_parser(argv[0]).parse_args(argv[1:])
+    except UsageError:
+        return []
+    notes = []
+    for text in opts.wwns:
+        wwn = normalize_wwn(text)
+        if opts.engine == "kernel":
+            where = (configfs or DEFAULT_ROOT) / "vhost" / wwn
+            if not where.is_dir():
+                notes.append(f"{wwn} is not in the kernel's LIO yet: run 'vhostscsi kernel apply' "
+                             "before starting the guest")
+        else:
+            sock = socket_for(opts.socket_dir or default_socket_dir(), wwn)
+            if not sock.is_socket():
+                notes.append(f"no daemon socket at {sock} yet: start 'vhostscsi serve' before the guest")
+    return notes
+
+
 def main(argv: list[str]) -> int:
     """Entry point from ``vhostscsi.cli``: argv[0] is "qemu-args" or "libvirt-xml"."""
     try:
@@ -179,4 +206,6 @@ def main(argv: list[str]) -> int:
     except UsageError as exc:
         print(f"vhostscsi {argv[0]}: error: {exc}", file=sys.stderr)
         return 2
+    for note in readiness_notes(argv):
+        print(f"vhostscsi {argv[0]}: note: {note}", file=sys.stderr)
     return 0

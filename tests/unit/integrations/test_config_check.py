@@ -61,3 +61,24 @@ def test_corrupt_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["qemu-args", SEED_WWN, "--config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not valid JSON" in err
+
+
+def test_readiness_notes_name_the_missing_step(tmp_path: Path) -> None:
+    from vhostscsi.integrations.cli import readiness_notes
+
+    configfs = tmp_path / "target"
+    assert readiness_notes(["qemu-args", SEED_WWN], configfs) == [
+        f"{SEED_WWN} is not in the kernel's LIO yet: run 'vhostscsi kernel apply' before starting the guest"]
+    (configfs / "vhost" / SEED_WWN).mkdir(parents=True)
+    assert readiness_notes(["qemu-args", SEED_WWN], configfs) == []
+    sockets = tmp_path / "run"
+    assert readiness_notes(["libvirt-xml", SEED_WWN, "--engine", "user", "--socket-dir", str(sockets)]) == [
+        f"no daemon socket at {sockets}/{SEED_WWN}.sock yet: start 'vhostscsi serve' before the guest"]
+
+
+def test_notes_go_to_stderr_and_leave_stdout_clean(config_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["qemu-args", SEED_WWN, "--config", str(config_path), "--bus", "pci.0", "--addr", "0x5"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == SEED_PCI_ARGS
+    if not Path(f"/sys/kernel/config/target/vhost/{SEED_WWN}").is_dir():
+        assert captured.err.startswith(f"vhostscsi qemu-args: note: {SEED_WWN} is not in the kernel's LIO yet")

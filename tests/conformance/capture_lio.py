@@ -38,9 +38,13 @@ from conformance.lio_setup import (  # noqa: E402
     initial_content,
 )
 from vhostscsi.guestkit import (  # noqa: E402
+    HOST_ROOT,
+    HOST_ROOT_MODULES,
     LIO_MODULES,
     GuestImage,
     boot_guest,
+    find_kernel,
+    host_root_args,
     sg3_utils,
 )
 
@@ -184,8 +188,6 @@ def case_script(cases: list[Case]) -> str:
     return "\n".join(lines) + "\n"
 
 
-GENERIC_KERNEL = "/boot/vmlinuz-6.1.0-56-amd64"  # has 9p (the cloud kernel does not)
-VIRTFS = ["-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on"]
 
 
 def _common_files() -> dict[str, bytes]:
@@ -219,20 +221,18 @@ def build_vhost_image(cases: list[Case]) -> GuestImage:
          for c in cases]
     ).encode()
     luns = ",".join(str(lun.lun) for lun in LUNS)
-    runner = f"""
-mkdir -p /host
-mount -t 9p -o trans=virtio,version=9p2000.L,ro host /host || echo "@@ERROR no 9p root"
-for d in proc sys dev; do mount --bind /$d /host/$d; done
-mount -t tmpfs tmpfs /host/tmp
-cp /vhost_client.py /cases.json /host/tmp/
-chroot /host /usr/bin/python3 /tmp/vhost_client.py {TARGET_WWN} {TPG_TAG} /tmp/cases.json {luns}
-"""
+    runner = HOST_ROOT + (
+        "cp /vhost_client.py /cases.json /host/tmp/\n"
+        f"chroot /host {sys.executable} /tmp/vhost_client.py {TARGET_WWN} {TPG_TAG} /tmp/cases.json {luns}\n"
+    )
+    # the host's Python runs the client: a kernel with 9p (Debian's generic one, not cloud)
+    kernel = find_kernel(needs=["9p", "vhost_scsi"])
     return GuestImage.build(
         None,
-        modules=["virtio_pci", "9p", "9pnet_virtio", "loop", "vhost_scsi", *LIO_MODULES[1:]],
+        modules=[*HOST_ROOT_MODULES, "loop", "vhost_scsi", *LIO_MODULES[1:]],
         init_script=setup_script("vhost") + runner,
         extra_files=files,
-        kernel=GENERIC_KERNEL,
+        kernel=kernel.vmlinuz,
     )
 
 
@@ -376,7 +376,7 @@ def run_guest(timeout: float = 600.0, fabric: str = "loop") -> str:
     """Boot the LIO guest and run every case; returns the raw console."""
     if fabric == "loop":
         return boot_guest(build_image(CASES), timeout=timeout)
-    return boot_guest(build_vhost_image(CASES + VHOST_CASES), VIRTFS, timeout=timeout)
+    return boot_guest(build_vhost_image(CASES + VHOST_CASES), host_root_args(), timeout=timeout)
 
 
 def capture(fabric: str, timeout: float = 600.0, console_path: Path | None = None) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from vhostscsi.guestkit.boot import (
     Guest,
     GuestError,
     boot_guest,
+    host_root_args,
     qemu_binary,
     qemu_command,
     shared_memory_args,
@@ -16,6 +17,8 @@ from vhostscsi.guestkit.qmp import Qmp, qmp_args
 from vhostscsi.guestkit.kernel import GuestkitError, Kernel, find_kernel, resolve_modules
 from vhostscsi.guestkit.snippets import (
     EXIT_MARKER,
+    HOST_ROOT,
+    HOST_ROOT_MODULES,
     LIO_MODULES,
     LOAD_MODULES,
     MOUNTS,
@@ -28,6 +31,8 @@ __all__ = [
     "DEFAULT_APPEND",
     "EXIT_MARKER",
     "GNU_DD",
+    "HOST_ROOT",
+    "HOST_ROOT_MODULES",
     "Guest",
     "GuestError",
     "GuestImage",
@@ -42,6 +47,7 @@ __all__ = [
     "boot_guest",
     "default_cache_dir",
     "find_kernel",
+    "host_root_args",
     "prelude",
     "qemu_binary",
     "qemu_command",

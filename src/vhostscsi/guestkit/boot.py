@@ -29,6 +29,7 @@ __all__ = [
     "Guest",
     "GuestError",
     "boot_guest",
+    "host_root_args",
     "qemu_binary",
     "qemu_command",
     "shared_memory_args",
@@ -60,6 +61,11 @@ def qemu_binary(name: str = QEMU) -> str:
     if not found:
         raise GuestkitError(f"{name} not found: install qemu-system-x86")
     return found
+
+
+def host_root_args() -> list[str]:
+    """QEMU arguments exporting the host's / read-only as 9p tag "host" (see snippets.HOST_ROOT)."""
+    return ["-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on"]
 
 
 def shared_memory_args(memory_mb: int = 512) -> list[str]:

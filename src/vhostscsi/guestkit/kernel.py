@@ -13,6 +13,7 @@ import lzma
 import os
 import re
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +38,13 @@ class Kernel:
         return self.modules_root / self.version
 
 
-def find_kernel(prefer: str = "cloud", vmlinuz: str | os.PathLike[str] | None = None) -> Kernel:
-    """The kernel to boot: an explicit vmlinuz, else the newest /boot one with modules (prefer cloud)."""
+def find_kernel(
+    prefer: str = "cloud",
+    vmlinuz: str | os.PathLike[str] | None = None,
+    needs: Sequence[str] = (),
+) -> Kernel:
+    """The kernel to boot: an explicit vmlinuz, else the newest /boot one with modules that has
+    every module in ``needs`` (e.g. "9p", which the cloud kernel lacks), preferring ``prefer``."""
     if vmlinuz is not None:
         path = Path(vmlinuz)
         version = path.name.removeprefix("vmlinuz-")
@@ -48,14 +54,25 @@ def find_kernel(prefer: str = "cloud", vmlinuz: str | os.PathLike[str] | None = 
     found = []
     for name in glob.glob("/boot/vmlinuz-*"):
         version = os.path.basename(name).removeprefix("vmlinuz-")
-        if (Path("/lib/modules") / version / "modules.dep").is_file():
-            found.append(Kernel(Path(name), version))
+        kernel = Kernel(Path(name), version)
+        if (kernel.modules_dir / "modules.dep").is_file() and all(_has_module(kernel, m) for m in needs):
+            found.append(kernel)
     if not found:
+        what = f" with modules {', '.join(needs)}" if needs else ""
         raise GuestkitError(
-            "no kernel in /boot with modules in /lib/modules: install linux-image-cloud-amd64"
+            f"no kernel in /boot{what} (and its /lib/modules): install linux-image-cloud-amd64"
+            + (" or linux-image-amd64" if needs else "")
         )
     found.sort(key=lambda k: (prefer in k.version, k.version))
     return found[-1]
+
+
+def _has_module(kernel: Kernel, name: str) -> bool:
+    try:
+        resolve_modules(kernel, [name])
+    except GuestkitError:
+        return False
+    return True
 
 
 def _norm(name: str) -> str:

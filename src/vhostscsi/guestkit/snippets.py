@@ -13,6 +13,8 @@ __all__ = [
     "MODULE_LIST",
     "EXIT_MARKER",
     "MOUNTS",
+    "HOST_ROOT",
+    "HOST_ROOT_MODULES",
     "LOAD_MODULES",
     "POWEROFF",
     "prelude",
@@ -24,6 +26,16 @@ __all__ = [
 VIRTIO_SCSI_MODULES = ["virtio_ring", "virtio", "virtio_pci", "virtio_scsi", "sd_mod", "sg"]
 # The kernel's own target (LIO), exported to the guest's SCSI stack through tcm_loop.
 LIO_MODULES = ["configfs", "target_core_mod", "target_core_file", "target_core_iblock", "tcm_loop"]
+
+# The host's root file system, read-only over 9p: the guest can run the host's Python and the
+# project itself (chroot /host), with a writable tmpfs on /host/tmp.
+HOST_ROOT_MODULES = ["virtio_pci", "9p", "9pnet_virtio"]
+HOST_ROOT = """\
+mkdir -p /host
+mount -t 9p -o trans=virtio,version=9p2000.L,ro host /host || echo "guestkit: no 9p host root"
+for d in proc sys dev; do mount --bind /$d /host/$d; done
+mount -t tmpfs tmpfs /host/tmp
+"""
 
 MODULE_LIST = "/etc/guestkit/modules"
 EXIT_MARKER = "GUESTKIT-EXIT"

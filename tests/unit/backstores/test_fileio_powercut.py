@@ -19,11 +19,19 @@ from pathlib import Path
 
 import pytest
 
-from vhostscsi.guestkit import GuestImage, GuestkitError, qemu_binary, start_guest
+from vhostscsi.guestkit import (
+    HOST_ROOT,
+    HOST_ROOT_MODULES,
+    GuestImage,
+    GuestkitError,
+    find_kernel,
+    host_root_args,
+    qemu_binary,
+    start_guest,
+)
 
 pytestmark = pytest.mark.guest
 
-GENERIC_KERNEL = "/boot/vmlinuz-6.1.0-56-amd64"  # has 9p, to run the host's Python in the guest
 SIZE = 1 << 20
 MODES = ("fua", "dsync", "flush", "none")
 OLD = b"\xee"
@@ -46,10 +54,7 @@ print("ALL-WRITTEN", flush=True)
 INIT = r"""
 echo 6000 > /proc/sys/vm/dirty_expire_centisecs
 echo 6000 > /proc/sys/vm/dirty_writeback_centisecs
-mkdir -p /host
-mount -t 9p -o trans=virtio,version=9p2000.L,ro host /host || echo "NO-9P"
-for d in proc sys dev; do mount --bind /$d /host/$d; done
-mount -t tmpfs tmpfs /host/tmp
+%(host_root)s
 mkdir -p /host/tmp/mnt
 n=0; while [ ! -e /dev/vda ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done
 mount -t ext4 -o commit=60 /dev/vda /host/tmp/mnt || echo "NO-EXT4"
@@ -70,10 +75,11 @@ def dump(image: Path, name: str, dest: Path) -> bytes:
 
 
 def test_synced_writes_survive_power_cut_unsynced_do_not(tmp_path: Path) -> None:
-    if not Path(GENERIC_KERNEL).exists() or not shutil.which("mkfs.ext4") or not shutil.which("debugfs"):
-        pytest.skip("needs linux-image-amd64 (9p) and e2fsprogs")
+    if not shutil.which("mkfs.ext4") or not shutil.which("debugfs"):
+        pytest.skip("needs e2fsprogs (mkfs.ext4, debugfs, e2fsck)")
     try:
         qemu_binary()
+        kernel = find_kernel(needs=["9p", "ext4", "virtio_blk"])  # 9p: the host's Python in the guest
     except GuestkitError as exc:
         pytest.skip(str(exc))
     files = tmp_path / "files"
@@ -85,15 +91,15 @@ def test_synced_writes_survive_power_cut_unsynced_do_not(tmp_path: Path) -> None
     img = GuestImage.build(
         None,
         # ext4's crc32c comes in as a soft dependency (modules.softdep), resolved by guestkit
-        modules=["virtio_pci", "virtio_blk", "ext4", "9p", "9pnet_virtio"],
-        init_script=INIT % {"python": sys.executable},
+        modules=[*HOST_ROOT_MODULES, "virtio_blk", "ext4"],
+        init_script=INIT % {"python": sys.executable, "host_root": HOST_ROOT},
         extra_files={"/writer.py": (WRITER % {"size": SIZE}).encode()},
-        kernel=GENERIC_KERNEL,
+        kernel=kernel.vmlinuz,
     )
     with start_guest(
         img,
         [
-            "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on",
+            *host_root_args(),
             "-drive", f"file={image},format=raw,if=virtio,cache=none",
         ],
         workdir=tmp_path / "guest",

@@ -109,3 +109,13 @@ def test_unloadable_module_is_named_with_modprobes_reason(tmp_path: Path) -> Non
 
 def test_existing_configfs_root_needs_nothing(tmp_path: Path) -> None:
     modules.ensure_configfs(tmp_path)  # no mount attempted when the target directory is there
+
+
+def test_unwritable_ledger_is_one_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    ledger = Ledger(blocker / "owned.json", {"core/fileio_0"})
+    with pytest.raises(KernelError) as info:
+        ledger.save()
+    assert str(info.value) == (f"cannot save the record of our configfs objects to {blocker}/owned.json: "
+                               "Not a directory; name a writable file with --ledger")

@@ -52,7 +52,11 @@ class Ledger:
         """Atomic replace, so a crash never leaves a half-written record."""
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"owned": sorted(self.owned)}, indent=1) + "\n")
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"owned": sorted(self.owned)}, indent=1) + "\n")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise KernelError(f"cannot save the record of our configfs objects to {self.path}: "
+                              f"{exc.strerror}; name a writable file with --ledger") from None

@@ -105,11 +105,21 @@ def _write_backup(path: Path, clock: Callable[[], datetime]) -> None:
         if old == current:
             return
     name = bdir / f"saveconfig-{clock().strftime('%Y%m%d-%H:%M:%S')}-json.gz"
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(gzip.compress(current, mtime=0))
-        out.flush()
-        os.fsync(out.fileno())
+    # Written aside and renamed, like the file itself: a full disk or a crash mid-write must not leave a
+    # torn backup that later rotates a good one out (the tmp name does not match the backup glob).
+    tmp = bdir / f".{name.name}.tmp"
+    for stale in bdir.glob(".saveconfig-*.tmp"):  # left by a save that was killed mid-backup
+        stale.unlink(missing_ok=True)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(gzip.compress(current, mtime=0))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, name)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     kept = sorted(set(existing) | {name})
     for old_file in kept[: max(0, len(kept) - MAX_BACKUPS)]:
         old_file.unlink(missing_ok=True)

@@ -1,9 +1,8 @@
-"""A floor under the data path's cost: 4 KiB READ/WRITE through execute() on a ramdisk.
+"""The SCSI core's own cost: 4 KiB READ/WRITE through TargetPort.execute() on a ramdisk.
 
-Measured on CPU time (time.thread_time), so other load on the machine does not count. The
-floor is far below what the core does (about 500,000 commands per CPU-second on the
-development machine); it catches a slow path slipping in (per-command copies, objects or
-locks), not small drifts. Run this file directly for the figures.
+Measured in CPU time (time.thread_time) so other load on the machine does not count; this is the
+ceiling the data plane above it can reach per core. Prints figures only (timed assertions in tests
+are noise on these machines): ``python3 bench/scsi_core.py``.
 """
 
 from __future__ import annotations
@@ -13,9 +12,6 @@ import time
 
 from vhostscsi.backstores import RamdiskBackstore
 from vhostscsi.scsi import Device, TargetPort
-
-FLOOR = 100_000  # commands per CPU-second
-
 
 def rate(opcode: int, n: int = 20_000) -> float:
     disk = RamdiskBackstore("disk0", 16 << 20)
@@ -33,11 +29,6 @@ def rate(opcode: int, n: int = 20_000) -> float:
     assert r.status == 0
     disk.close()
     return n / dt
-
-
-def test_read_and_write_4k_stay_fast() -> None:
-    assert rate(0x28) > FLOOR
-    assert rate(0x2A) > FLOOR
 
 
 if __name__ == "__main__":

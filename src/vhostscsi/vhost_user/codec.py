@@ -108,21 +108,26 @@ class Decoder:
         if fds:
             self._held.append((max(len(self._buf) - 1, 0), fds))
         out: list[Message] = []
-        while len(self._buf) >= HEADER_SIZE:
-            request, flags, size = _HEADER.unpack_from(self._buf, 0)
-            if (flags & FLAG_VERSION_MASK) != VERSION:
-                raise ProtocolError(f"bad vhost-user version in flags {flags:#x} (request {request})")
-            if size > MAX_PAYLOAD:
-                raise ProtocolError(f"payload size {size} of request {request} exceeds {MAX_PAYLOAD} bytes")
-            end = HEADER_SIZE + size
-            mine = [fd for pos, group in self._held if pos < end for fd in group]
-            if len(mine) > MAX_FDS:
-                raise ProtocolError(f"{len(mine)} fds attached to one message (max {MAX_FDS})")
-            if len(self._buf) < end:
-                break
-            out.append(Message(request, flags, bytes(self._buf[HEADER_SIZE:end]), tuple(mine)))
-            self._held = [(pos - end, group) for pos, group in self._held if pos >= end]
-            del self._buf[:end]
+        try:
+            while len(self._buf) >= HEADER_SIZE:
+                request, flags, size = _HEADER.unpack_from(self._buf, 0)
+                if (flags & FLAG_VERSION_MASK) != VERSION:
+                    raise ProtocolError(f"bad vhost-user version in flags {flags:#x} (request {request})")
+                if size > MAX_PAYLOAD:
+                    raise ProtocolError(f"payload size {size} of request {request} exceeds {MAX_PAYLOAD} bytes")
+                end = HEADER_SIZE + size
+                mine = [fd for pos, group in self._held if pos < end for fd in group]
+                if len(mine) > MAX_FDS:
+                    raise ProtocolError(f"{len(mine)} fds attached to one message (max {MAX_FDS})")
+                if len(self._buf) < end:
+                    break
+                out.append(Message(request, flags, bytes(self._buf[HEADER_SIZE:end]), tuple(mine)))
+                self._held = [(pos - end, group) for pos, group in self._held if pos >= end]
+                del self._buf[:end]
+        except ProtocolError:
+            # The messages completed by this chunk are never returned: their fds go back with take_fds().
+            self._held.extend((0, list(m.fds)) for m in out if m.fds)
+            raise
         return out
 
     def take_fds(self) -> list[int]:

@@ -76,6 +76,8 @@ _AN_REQ = struct.Struct("<I8sI")
 _AN_RESP = struct.Struct("<IB")
 _EVENT = struct.Struct("<I8sI")
 
+_ZERO_SENSE = bytes(SENSE_SIZE)
+
 MAX_PENDING_EVENTS = 64
 DEFAULT_NEXUS = "vhost-user"
 
@@ -232,16 +234,16 @@ class VirtioScsi:
             self.last_error = e
             return self._respond(resp, ins, scattered, S_TARGET_FAILURE)
         sense = result.sense
-        sense_len = len(sense)
-        if sense_len > SENSE_SIZE:
-            sense_len = SENSE_SIZE
         data_in_len: int = result.data_in_len
-        expected = 0
-        for v in data_in:
-            expected += len(v)
-        _pack_resp(resp, 0, sense_len, expected - data_in_len if expected > data_in_len else 0, 0, result.status, S_OK)
-        if sense_len:
-            resp[12 : 12 + sense_len] = sense[:sense_len]
+        # As kernel vhost-scsi words it: resid is LIO's residual_count, and any sense goes out as LIO's whole
+        # 96-byte sense buffer (sense_len 96, zero after the fixed-format bytes).
+        if sense:
+            _pack_resp(resp, 0, SENSE_SIZE, result.residual, 0, result.status, S_OK)
+            n = len(sense) if len(sense) < SENSE_SIZE else SENSE_SIZE
+            resp[12 : 12 + n] = sense[:n]
+            resp[12 + n : RESP_SIZE] = _ZERO_SENSE[n:]
+        else:
+            _pack_resp(resp, 0, 0, result.residual, 0, result.status, S_OK)
         if scattered:
             _scatter(ins, resp)
         return RESP_SIZE + data_in_len

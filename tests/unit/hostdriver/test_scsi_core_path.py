@@ -87,7 +87,7 @@ def test_read_past_end_gets_sense_through_virtio(harness_factory, port) -> None:
     r = h.init.command(read10(2048, 1), data_in_len=512)  # LBA 2048 is one past the 1 MiB ramdisk
     assert r.response == vs.S_OK and r.status == 2
     assert r.sense[2] & 0xF == 5 and r.sense[12] == 0x21  # ILLEGAL REQUEST, LBA OUT OF RANGE
-    assert r.resid == 512
+    assert r.resid == 0 and len(r.sense) == 96  # as kernel vhost-scsi: LIO failed it before any transfer
 
 
 def test_unknown_lun_and_lun_reset(harness_factory, port) -> None:

@@ -26,6 +26,7 @@ class Result:
     status: int
     sense: bytes
     data_in_len: int
+    residual: int = 0
 
 
 class RecordingPort:
@@ -51,7 +52,7 @@ class RecordingPort:
                 k = min(len(v), len(src) - off)
                 v[:k] = src[off : off + k]
                 off += k
-            return Result(0, b"", off)
+            return Result(0, b"", off, sum(len(v) for v in data_in) - off)
         if op == 0x2A:
             lba = struct.unpack(">I", cdb[2:6])[0]
             off = 512 * lba
@@ -62,7 +63,7 @@ class RecordingPort:
         if op == 0xFF:
             raise RuntimeError("core bug")
         sense = bytes([0x70, 0, 5, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x20, 0, 0, 0, 0, 0])
-        return Result(2, sense, 0)
+        return Result(2, sense, 0, 7)  # a residual only the port knows: the device must pass it through
 
     def abort_task_set(self, nexus, lun):
         self.tmfs.append(("abort_task_set", nexus, lun))
@@ -154,12 +155,14 @@ def test_write_and_header_split_over_descriptors(rig: Rig) -> None:
 
 def test_response_split_and_residual_and_sense(rig: Rig) -> None:
     a, b, data = rig.buf(50), rig.buf(vs.RESP_SIZE - 50 + 8), rig.buf(64)
+    rig.ram.write(a[0], b"\xaa" * 50)  # stale bytes where the sense buffer goes: must come back zeroed
     rig.rings[2].add([rig.buf(req(1, 0, b"\x12\0\0\0\x24\0"))], [a, b, data])
     rig.dev.process(2)
     raw = rig.ram.read(*a) + rig.ram.read(*b)
     sense_len, resid, _q, status, response, sense = parse_resp(raw)
-    assert (sense_len, resid, status, response) == (18, 8 + 64, 2, vs.S_OK)
-    assert sense[:3] == bytes([0x70, 0, 5]) and sense[12] == 0x20
+    # as kernel vhost-scsi: the whole 96-byte sense buffer, LIO's residual as given by the core
+    assert (sense_len, resid, status, response) == (96, 7, 2, vs.S_OK)
+    assert sense[:3] == bytes([0x70, 0, 5]) and sense[12] == 0x20 and sense[18:] == bytes(78)
     assert rig.port.calls[0][4] == [8, 64]  # data-in starts right after the 108-byte response
 
 

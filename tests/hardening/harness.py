@@ -49,6 +49,8 @@ class Daemon:
         self.sockdir = workdir / "run"
         self.log_path = workdir / f"serve-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")
+        if wrapper is None and os.environ.get("HARDENING_MUTANT"):  # a deliberately broken daemon (by hand)
+            wrapper = HERE / "mutant_serve.py"
         entry = [str(wrapper)] if wrapper else ["-m", "vhostscsi"]
         self.proc = subprocess.Popen(
             [sys.executable, *entry, "serve", "--config", str(config), "--socket-dir", str(self.sockdir)],

@@ -290,7 +290,7 @@ def _case_entry(case: Case) -> dict[str, Any]:
     }
 
 
-def _sg_raw_results(console: str, cases: list[Case]) -> list[dict[str, Any]]:
+def sg_raw_results(console: str, cases: list[Case]) -> list[dict[str, Any]]:
     results = []
     for i, case in enumerate(cases):
         block = re.search(rf"^@@CASE {i} rc=(\d+)\n(.*?)^@@END {i}$", console, re.M | re.S)
@@ -337,7 +337,7 @@ def parse_console(console: str, cases: list[Case], fabric: str = "loop") -> dict
     info = dict((int(a), b.strip()) for a, b in re.findall(r"^@@INFO (\d+) (.*)$", console, re.M))
     kernel = re.search(r"^@@KERNEL (\S+)$", console, re.M)
     wcache = {int(a): b.strip() for a, b in re.findall(r"^@@WCACHE (\d+) (.*)$", console, re.M)}
-    results = _sg_raw_results(console, cases) if fabric == "loop" else _vhost_results(console, cases)
+    results = sg_raw_results(console, cases) if fabric == "loop" else _vhost_results(console, cases)
     rtpis = {r["lun"]: rtpi_from_vpd83(r["data_in"]) for r in results if r["name"].endswith("vpd_83")}
     return {
         "generator": "tests/conformance/capture_lio.py",

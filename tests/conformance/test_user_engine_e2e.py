@@ -1,0 +1,112 @@
+"""End to end: a Linux guest asks our user engine what it asked the kernel LIO, and gets LIO's bytes.
+
+The same setup as the LIO capture (names, serials, sizes, content, attributes, target WWN, TPG,
+initiator nexus, a write-protected LUN 1) is written as a saveconfig.json; `vhostscsi serve`
+serves it; a TCG guest with QEMU's vhost-user-scsi-pci runs the capture's sg_raw script over
+its own SCSI stack, exactly as the tcm_loop capture did; every answer (status, sense, data-in)
+is compared with data/lio-6.1.json. The iblock LUN's own cases are left out (its limits come
+from the device queue, and the host's loop device is not the guest's), but the LUN is there, as
+a fileio object with the same content, so REPORT LUNS lists what LIO listed.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conformance.capture_lio import case_script, sg_raw_results
+from conformance.lio_cases import CASES
+from conformance.lio_setup import INITIATOR_WWN, LUNS, TARGET_WWN, TPG_TAG, initial_content
+from conformance.replay import DATA, load_capture
+from vhostscsi.config.attributes import WRITABLE
+from vhostscsi.config.model import Config, Lun, StorageObject, Target, Tpg
+from vhostscsi.config.store import save_config
+from vhostscsi.engines.user.paths import socket_path
+from vhostscsi.guestkit import GuestImage, GuestkitError, boot_guest, qemu_binary, sg3_utils
+from vhostscsi.integrations.qemu import memory_backend_args, parse_pci, user_device_args
+
+pytestmark = pytest.mark.guest
+
+FILEIO_LUNS = [lun for lun in LUNS if lun.plugin == "fileio"]
+E2E_CASES = [c for c in CASES if c.lun in {lun.lun for lun in FILEIO_LUNS}]
+
+FIND_SG = f"""
+i=0; while [ ! -e /sys/class/scsi_generic/sg{len(LUNS) - 1} ] && [ $i -lt 300 ]; do i=$((i+1)); sleep 0.1; done
+for s in /sys/class/scsi_generic/sg*; do
+  hctl=$(basename $(readlink $s/device)); eval SG${{hctl##*:}}=/dev/$(basename $s)
+done
+/usr/bin/lsscsi -g
+for l in {' '.join(str(lun.lun) for lun in FILEIO_LUNS)}; do eval dev=\\$SG$l; for n in 1 2 3; do
+  echo "@@PRE lun=$l $(sg_raw $dev 00 00 00 00 00 00 2>&1 | grep -E "Status|Additional sense" | tr "\\n" " ")"
+done; done
+"""
+
+
+def write_config(path: Path, work: Path) -> None:
+    """The capture's setup as our saved configuration, attributes as LIO showed them."""
+    capture = {lun["lun"]: lun for lun in load_capture(DATA)["luns"]}
+    sos, luns = [], []
+    for lun in LUNS:
+        img = work / f"{lun.name}.img"
+        img.write_bytes(initial_content(lun.name, lun.size))
+        attrs = {k: v for k, v in capture[lun.lun]["attributes"].items() if k in WRITABLE and isinstance(v, int)}
+        if lun.plugin != "fileio":
+            attrs = {}  # only present for REPORT LUNS; none of its own cases run here
+        so = StorageObject(plugin="fileio", name=lun.name, wwn=lun.serial, dev=str(img), size=lun.size,
+                           write_back=True, attributes=attrs)
+        sos.append(so)
+        luns.append(Lun(index=lun.lun, storage_object=so.path, write_protect=lun.write_protect))
+    tpg = Tpg(tag=TPG_TAG, nexus_wwn=INITIATOR_WWN, luns=luns, attributes={"fabric_prot_type": 0})
+    save_config(Config(storage_objects=sos, targets=[Target(wwn=TARGET_WWN, fabric="vhost", tpgs=[tpg])]), path)
+
+
+def test_guest_sees_lio_bytes_through_our_user_engine(tmp_path: Path) -> None:
+    try:
+        qemu_binary()
+        img = GuestImage.build(
+            None,
+            extra_binaries=[*sg3_utils(), "/usr/bin/lsscsi"],
+            modules=["virtio_pci", "virtio_scsi", "sg"],  # no sd: nothing but sg_raw talks to the LUNs
+            init_script=FIND_SG + case_script(E2E_CASES),
+            extra_files={f"/cases/{i}.out": c.data_out for i, c in enumerate(E2E_CASES) if c.data_out},
+        )
+    except GuestkitError as exc:
+        pytest.skip(str(exc))
+    config, sockdir = tmp_path / "saveconfig.json", tmp_path / "run"
+    write_config(config, tmp_path)
+    log = open(tmp_path / "serve.log", "wb")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "vhostscsi", "serve", "--config", str(config), "--socket-dir", str(sockdir)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        sock = socket_path(sockdir, TARGET_WWN)
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            assert daemon.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.05)
+        args = memory_backend_args("512M") + user_device_args(TARGET_WWN, sock, parse_pci(None, None))
+        console = boot_guest(img, args, timeout=600, workdir=tmp_path / "guest")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        log.close()
+    ours = {r["name"]: r for r in sg_raw_results(console, E2E_CASES)}
+    lio = {c["name"]: c for c in load_capture(DATA)["cases"]}
+    diffs = []
+    for case in E2E_CASES:
+        a, b = lio[case.name], ours[case.name]
+        keys = ["status", "sense"] + (["data_in_len", "data_in", "data_in_sha256"] if a["status"] == 0 else [])
+        bad = [f"{k}: LIO {a.get(k)!s:.80} ours {b.get(k)!s:.80}" for k in keys if a.get(k) != b.get(k)]
+        if bad:
+            diffs.append(f"{case.name}: " + "; ".join(bad))
+    assert not diffs, f"{len(diffs)} of {len(E2E_CASES)} cases differ from LIO:\n" + "\n".join(diffs)

@@ -160,3 +160,35 @@ def test_refresh_size_follows_an_unsized_file_only(tmp_path: Path) -> None:
         assert (g.size, f.size) == (4096, 8192)
         assert (g.refresh_size(), f.refresh_size()) == (3 * MiB, 8192)
         assert g.size == 3 * MiB
+
+
+def test_without_fallocate_support_zeros_are_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system without hole punching or ZERO_RANGE (EOPNOTSUPP): the range still reads as zeros."""
+    from vhostscsi.backstores import linux
+
+    def unsupported(fd: int, mode: int, offset: int, length: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(linux, "fallocate", unsupported)
+    path = tmp_path / "nf.img"
+    with FileIOBackstore("nf", str(path), size=4 * MiB, write_back=False) as bs:
+        bs.writev(0, [memoryview(pattern(4 * MiB, seed=12))])
+        bs.unmap(1000, 3 * MiB)  # more than one zero chunk, unaligned ends
+        bs.write_zeroes(3 * MiB + 5000, 7)
+    expect = pattern(4 * MiB, seed=12)
+    expect[1000 : 1000 + 3 * MiB] = bytes(3 * MiB)
+    expect[3 * MiB + 5000 : 3 * MiB + 5007] = bytes(7)
+    assert path.read_bytes() == expect
+
+
+def test_other_fallocate_errors_are_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vhostscsi.backstores import linux
+
+    def no_space(fd: int, mode: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(linux, "fallocate", no_space)
+    with FileIOBackstore("ns", str(tmp_path / "ns.img"), size=MiB) as bs:
+        with pytest.raises(BackstoreError) as info:
+            bs.write_zeroes(0, 4096)
+    assert info.value.errno == errno.ENOSPC and "write zeroes 0+4096" in str(info.value)

@@ -229,21 +229,21 @@ class VirtioScsi:
         nexus = self.nexus.get(target, DEFAULT_NEXUS) if self.nexus is not None else DEFAULT_NEXUS
         try:
             result = port.execute(nexus, lun, cdb, data_out, data_in)
-        except Exception as e:  # the core promises not to raise; if it does, fail this command, not the ring
+            sense = result.sense
+            data_in_len: int = result.data_in_len
+            # As kernel vhost-scsi words it: resid is LIO's residual_count, and any sense goes out as LIO's whole
+            # 96-byte sense buffer (sense_len 96, zero after the fixed-format bytes).
+            if sense:
+                _pack_resp(resp, 0, SENSE_SIZE, result.residual, 0, result.status, S_OK)
+                n = len(sense) if len(sense) < SENSE_SIZE else SENSE_SIZE
+                resp[12 : 12 + n] = sense[:n]
+                resp[12 + n : RESP_SIZE] = _ZERO_SENSE[n:]
+            else:
+                _pack_resp(resp, 0, 0, result.residual, 0, result.status, S_OK)
+        except Exception as e:  # the core promises not to raise or return junk; if it does, fail this command
             self.errors += 1
             self.last_error = e
             return self._respond(resp, ins, scattered, S_TARGET_FAILURE)
-        sense = result.sense
-        data_in_len: int = result.data_in_len
-        # As kernel vhost-scsi words it: resid is LIO's residual_count, and any sense goes out as LIO's whole
-        # 96-byte sense buffer (sense_len 96, zero after the fixed-format bytes).
-        if sense:
-            _pack_resp(resp, 0, SENSE_SIZE, result.residual, 0, result.status, S_OK)
-            n = len(sense) if len(sense) < SENSE_SIZE else SENSE_SIZE
-            resp[12 : 12 + n] = sense[:n]
-            resp[12 + n : RESP_SIZE] = _ZERO_SENSE[n:]
-        else:
-            _pack_resp(resp, 0, 0, result.residual, 0, result.status, S_OK)
         if scattered:
             _scatter(ins, resp)
         return RESP_SIZE + data_in_len

@@ -356,3 +356,16 @@ def test_writes_never_leave_the_regions(descs, at_end) -> None:
     rmem.close()
     ram.close()
     ring_mem.close()
+
+
+def test_malformed_core_result_is_target_failure_not_a_crash() -> None:
+    class Junk:
+        def execute(self, nexus, lun, cdb, data_out, data_in):
+            return object()  # no status, no sense: a core bug must not take the ring (or the daemon) down
+
+    rig = Rig()
+    rig.dev.ports[1] = Junk()
+    resp = rig.buf(vs.RESP_SIZE)
+    rig.rings[2].add([rig.buf(req(1, 0, read10(0, 1)))], [resp, rig.buf(512)])
+    assert rig.dev.process(2) == 1
+    assert parse_resp(rig.ram.read(*resp))[4] == vs.S_TARGET_FAILURE and rig.dev.errors == 1

@@ -249,4 +249,8 @@ def boot_guest(
         text = g.wait(timeout)
         if g.proc.returncode != 0:
             raise GuestError(f"QEMU failed ({g.proc.returncode}): {g._qemu_stderr()}", text)
+        # panic=-1 with -no-reboot ends QEMU with status 0, like a clean power-off, and with
+        # loglevel=0 the panic may print nothing: the wrapper's exit marker tells them apart.
+        if "Kernel panic" in text or (img.wrapped and EXIT_MARKER not in text):
+            raise GuestError("the guest stopped before its init script ended (kernel panic or crash)", text)
         return text

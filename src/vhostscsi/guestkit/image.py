@@ -56,6 +56,8 @@ class GuestImage:
     kernel: Path
     initrd: Path
     kernel_version: str
+    #: /init is guestkit's wrapper: it prints EXIT_MARKER when the caller's script ends
+    wrapped: bool = True
 
     @classmethod
     def build(
@@ -109,7 +111,7 @@ class GuestImage:
             tmp.write_bytes(blob)
             os.replace(tmp, initrd)
             prune_cache(out_dir, keep=initrd)
-        return cls(kernel=k.vmlinuz, initrd=initrd, kernel_version=k.version)
+        return cls(kernel=k.vmlinuz, initrd=initrd, kernel_version=k.version, wrapped=wrap)
 
 
 def prune_cache(cache_dir: Path, limit_bytes: int = CACHE_LIMIT, keep: Path | None = None) -> list[Path]:

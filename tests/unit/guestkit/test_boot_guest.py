@@ -88,3 +88,14 @@ def test_live_guest_hotplug_through_qmp_then_kill(image: GuestImage, tmp_path: P
         g.kill()
         assert g.proc.poll() is not None
     assert (tmp_path / "console.txt").read_text().count("READY") == 1
+
+
+def test_kernel_panic_is_an_error_not_a_clean_exit(tmp_path: Path) -> None:
+    try:
+        qemu_binary()
+        img = GuestImage.build(None, init_script="echo 1 > /proc/sys/kernel/sysrq\necho c > /proc/sysrq-trigger\n")
+    except GuestkitError as exc:
+        pytest.skip(str(exc))
+    with pytest.raises(GuestError, match="kernel panic or crash") as info:
+        boot_guest(img, timeout=120, workdir=tmp_path)  # DEFAULT_APPEND: quiet, loglevel=0
+    assert "GUESTKIT-EXIT" not in info.value.console

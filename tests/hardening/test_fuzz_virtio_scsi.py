@@ -259,8 +259,9 @@ def _control(guest: Guest) -> None:
                [(guest.alloc(resp), resp)] if resp else [])
 
 
-def _run(seed: int, nreq: int, hostile_framing: bool) -> None:
-    rng = random.Random(seed)
+def _run(seed: int | random.Random, nreq: int, hostile_framing: bool) -> None:
+    """One case: `seed` (or a Random-like source of decisions, as the atheris harness passes) drives it all."""
+    rng = seed if isinstance(seed, random.Random) else random.Random(seed)
     MEM.clear_regions()
     wp_before = _disk_bytes(DISK1_PATH)
     guest = Guest(rng)

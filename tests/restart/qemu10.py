@@ -1,0 +1,62 @@
+"""Finding a QEMU whose vhost-user-scsi reconnects to a restarted back end (QEMU 10 from bookworm-backports).
+
+The system `qemu-system-x86_64` stays Debian 12's 7.2 (every other guest test runs on it); QEMU 10 lives beside
+it, unpacked by `tests/restart/install_qemu10.sh` into /opt/qemu10 (CI runs that script first). Looked up in
+order: $VHOSTSCSI_QEMU10, $VHOSTSCSI_QEMU_RECONNECT, $VHOSTSCSI_QEMU, /opt/qemu10/bin/qemu-system-x86_64
+($VHOSTSCSI_QEMU10_PREFIX/bin/...), then `qemu-system-x86_64` on PATH if it happens to be new enough.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+INSTALL_SCRIPT = Path(__file__).with_name("install_qemu10.sh")
+RECONNECT_MS = (9, 2)  # `reconnect-ms=` on -chardev socket (vhost-user-scsi reconnects since 8.2, `reconnect=` s)
+
+
+@dataclass(frozen=True)
+class Qemu:
+    binary: str
+    version: tuple[int, int, int]
+
+    def chardev(self, chardev_id: str, path: str | os.PathLike[str], reconnect_ms: int) -> str:
+        """The -chardev value of a reconnecting vhost-user client socket for this version."""
+        if self.version[:2] >= RECONNECT_MS:
+            return f"socket,id={chardev_id},path={path},reconnect-ms={reconnect_ms}"
+        return f"socket,id={chardev_id},path={path},reconnect={max(1, reconnect_ms // 1000)}"
+
+
+def qemu_version(binary: str) -> tuple[int, int, int] | None:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"version (\d+)\.(\d+)\.(\d+)", out)
+    return (int(m[1]), int(m[2]), int(m[3])) if m else None
+
+
+def candidates() -> list[str]:
+    prefix = os.environ.get("VHOSTSCSI_QEMU10_PREFIX", "/opt/qemu10")
+    names = [os.environ.get(v) for v in ("VHOSTSCSI_QEMU10", "VHOSTSCSI_QEMU_RECONNECT", "VHOSTSCSI_QEMU")]
+    names += [f"{prefix}/bin/qemu-system-x86_64", shutil.which("qemu-system-x86_64")]
+    return [n for n in names if n]
+
+
+def find_reconnecting_qemu() -> Qemu | str:
+    """The first candidate that is QEMU 8.2 or later, or the reason there is none (a skip message)."""
+    seen = []
+    for binary in candidates():
+        version = qemu_version(binary)
+        if version is None:
+            seen.append(f"{binary}: does not run")
+        elif version[:2] < (8, 2):
+            seen.append(f"{binary}: {'.'.join(map(str, version))}")
+        else:
+            return Qemu(binary, version)
+    return (f"no QEMU that reconnects vhost-user-scsi (8.2+; found {'; '.join(seen) or 'none'}): "
+            f"run {INSTALL_SCRIPT} (QEMU 10 from bookworm-backports into /opt/qemu10) or set VHOSTSCSI_QEMU10")

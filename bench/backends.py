@@ -121,10 +121,11 @@ def fio_direct(image: Path, case: Case, seconds: float, workdir: Path) -> dict[s
     out = workdir / "fio-direct.json"
     cmd = [fio, "--name=direct", f"--filename={image}", f"--rw={case.rw}", f"--bs={case.bs}",
            "--ioengine=pvsync", "--iodepth=1", f"--numjobs={case.queues}", "--group_reporting",
-           "--time_based", f"--runtime={max(seconds, 0.1):.3f}s", "--norandommap", "--randrepeat=0",
+           "--time_based", f"--runtime={max(int(seconds * 1000), 100)}ms", "--norandommap", "--randrepeat=0",
            "--output-format=json", f"--output={out}"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=seconds + 60)
-    job = json.loads(out.read_text())["jobs"][0]
+    text = out.read_text()
+    job = json.loads(text[text.find("{"):])["jobs"][0]
     side = job["write" if case.write else "read"]
     lat = side.get("clat_ns", {}).get("percentile", {})
     cpu = (job.get("usr_cpu", 0.0) + job.get("sys_cpu", 0.0)) / 100 * seconds * case.queues

@@ -1,0 +1,271 @@
+#!/usr/bin/env python3
+"""vhostscsi benchmark (issue 6): one command, prints a table and writes JSON.
+
+    python3 bench/run.py                  # full run: host-side matrix + peers + in-guest fio (~6 minutes)
+    python3 bench/run.py --quick          # CI: every part runs briefly (no guest), numbers meaningless
+    python3 bench/run.py --profile 10     # also py-spy the daemon for 10 s under 4 KiB QD32 ramdisk reads
+
+Host side: `vhostscsi serve` (one process) is driven through its real socket by the project's QEMU stand-in
+(vhostscsi.hostdriver, one driver process per request queue) for each access pattern, on a ramdisk LUN and
+a fileio LUN on tmpfs, with 1 and 2 request queues. In the same run and on the same file: the host's own
+preadv/pwritev (fio pvsync), memcpy bandwidth, and qemu-storage-daemon's vhost-user-blk export driven by the
+same stand-in. In a guest: fio in one TCG guest against us and against QEMU's built-in virtio-scsi.
+See bench/README.md for how to read the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import backends as b  # noqa: E402
+import driver as d  # noqa: E402
+from driver import Case  # noqa: E402
+
+_MB = 1 << 20
+
+CASES = [
+    Case("randread", 4096, 1), Case("randread", 4096, 32), Case("randwrite", 4096, 1), Case("randwrite", 4096, 32),
+    Case("randread", 65536, 32), Case("read", _MB, 8), Case("write", _MB, 8),
+]
+QUICK_CASES = [Case("randread", 4096, 32), Case("randwrite", 4096, 1), Case("read", _MB, 8)]
+
+BARS = {
+    "rd_qd32_per_cpu_s": 350_000,   # 4 KiB QD32 random read, ramdisk: requests per daemon CPU-second
+    "seq_read_vs_direct": 0.90,     # 1 MiB sequential read, fileio: our MB/s / host preadv MB/s
+    "guest_vs_builtin": 1.0,        # in-guest fio IOPS, ours / QEMU's virtio-scsi
+    "two_queues_vs_one": 1.8,       # 2 request queues / 1, same pattern, one daemon
+}
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def say(*a: object) -> None:
+    print(*a, flush=True)
+
+
+def host_matrix(args: argparse.Namespace, work: Path, image: Path, daemon: b.OurDaemon,
+                qsd: b.StorageDaemon | None) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    cases = QUICK_CASES if args.quick else CASES
+    for queues in args.queues:
+        for base in cases:
+            if args.quick and queues > 1 and base is not cases[0]:
+                continue
+            case = Case(base.rw, base.bs, base.depth, queues)
+            common = {"case": case.label(), "rw": case.rw, "bs": case.bs, "depth": case.depth, "queues": queues}
+            runs: list[tuple[str, dict[str, object]]] = []
+            for name, lun in (("ours ramdisk", b.RAMDISK_LUN), ("ours fileio", b.FILEIO_LUN)):
+                r = d.run(daemon.socket, case, lun=lun, span=args.size, seconds=args.seconds, backend_pid=daemon.pid)
+                runs.append((name, r.summary()))
+            if qsd is not None:
+                r = d.run(qsd.socket, case, device="blk", span=args.size, seconds=args.seconds, backend_pid=qsd.pid)
+                runs.append(("qsd fileio", r.summary()))
+            direct = b.fio_direct(image, case, args.seconds, work) or b.preadv_direct(image, case, args.seconds)
+            runs.append(("host direct", direct))
+            if queues == 1 and case.bs >= 65536:
+                runs.append(("memcpy", b.memory_bandwidth(case.bs, min(args.seconds, 1.0))))
+            ld = load()
+            for name, fig in runs:
+                row = {**common, "backend": name, **fig, "load": ld}
+                rows.append(row)
+                say(format_row(row))
+    return rows
+
+
+HEADER = (f"{'case':<18} {'q':>1} {'backend':<13} {'IOPS':>9} {'MB/s':>8} {'p50us':>7} {'p99us':>7} "
+          f"{'bkCPUs':>6} {'IO/bkCPUs':>9} {'drvCPUs':>7} {'err':>3}")
+
+
+def format_row(r: dict[str, object]) -> str:
+    def num(key: str, fmt: str) -> str:
+        v = r.get(key)
+        return format(v, fmt) if isinstance(v, (int, float)) and v else "-"
+
+    return (f"{r['case']:<18} {r['queues']:>1} {r['backend']:<13} {num('iops', ',.0f'):>9} {num('mb_s', ',.0f'):>8} "
+            f"{num('lat_p50_us', '.0f'):>7} {num('lat_p99_us', '.0f'):>7} {num('backend_cpu_s', '.2f'):>6} "
+            f"{num('ios_per_backend_cpu_s', ',.0f'):>9} {num('driver_cpu_s', '.2f'):>7} {r.get('errors', '-')!s:>3}")
+
+
+def find(rows: list[dict[str, object]], case: str, backend: str, queues: int = 1) -> dict[str, object] | None:
+    for r in rows:
+        if r["case"] == case and r["backend"] == backend and r["queues"] == queues:
+            return r
+    return None
+
+
+def bars(rows: list[dict[str, object]], guest: dict[str, object] | None) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+
+    def bar(name: str, value: float | None, target: float, how: str) -> None:
+        ok = None if value is None else value >= target
+        out.append({"bar": name, "value": None if value is None else round(value, 3), "target": target,
+                    "met": ok, "how": how})
+
+    r = find(rows, "4k randread qd32", "ours ramdisk")
+    bar("rd_qd32_per_cpu_s", float(r["ios_per_backend_cpu_s"]) if r else None, BARS["rd_qd32_per_cpu_s"],  # type: ignore[arg-type]
+        "4k randread qd32, ramdisk, 1 queue: requests per daemon CPU-second")
+    ours, direct = find(rows, "1M read qd8", "ours fileio"), find(rows, "1M read qd8", "host direct")
+    bar("seq_read_vs_direct", float(ours["mb_s"]) / float(direct["mb_s"]) if ours and direct else None,  # type: ignore[arg-type]
+        BARS["seq_read_vs_direct"], "1M read, fileio on tmpfs: our MB/s / host preadv MB/s (fio pvsync, 1 job)")
+    ratios = (guest or {}).get("ratio") or {}
+    bar("guest_vs_builtin", min(ratios.values()) if ratios else None, BARS["guest_vs_builtin"],  # type: ignore[type-var, arg-type]
+        "in-guest fio IOPS ours / QEMU virtio-scsi+scsi-hd, worst of the jobs")
+    one, two = find(rows, "4k randread qd32", "ours ramdisk", 1), find(rows, "4k randread qd32", "ours ramdisk", 2)
+    bar("two_queues_vs_one", float(two["iops"]) / float(one["iops"]) if one and two else None,  # type: ignore[arg-type]
+        BARS["two_queues_vs_one"], "4k randread qd32 per queue, ramdisk: IOPS with 2 request queues / 1")
+    return out
+
+
+def guest_part(args: argparse.Namespace, work: Path, image: Path, daemon: b.OurDaemon) -> dict[str, object]:
+    import guest as g
+
+    img = g.image()
+    builtin = g.run_builtin(img, image, args.guest_seconds, work)
+    say(f"guest fio, QEMU virtio-scsi + scsi-hd: {json.dumps(builtin)}   (load {load()})")
+    ours = g.run_ours(img, b.WWN, daemon.socket, b.FILEIO_LUN, args.guest_seconds, work)
+    say(f"guest fio, vhostscsi serve (fileio):  {json.dumps(ours)}   (load {load()})")
+    ratio = {k: round(ours[k]["iops"] / builtin[k]["iops"], 3) for k in ours if k in builtin and builtin[k]["iops"]}
+    return {"qemu_builtin": builtin, "ours": ours, "ratio": ratio, "seconds_per_job": args.guest_seconds}
+
+
+def profile(args: argparse.Namespace, daemon: b.OurDaemon, work: Path) -> dict[str, object]:
+    """py-spy record (non-blocking sampling) of the daemon while the stand-in runs 4 KiB QD32 ramdisk reads."""
+    import profile_stacks
+
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return {"error": "py-spy not installed (pip install py-spy)"}
+    raw = work / "daemon.pyspy.txt"
+    seconds = args.profile
+    p = subprocess.Popen([spy, "record", "--nonblocking", "--format", "raw", "--rate", "200", "--duration",
+                          str(int(seconds)), "--pid", str(daemon.pid), "--output", str(raw)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.5)
+        r = d.run(daemon.socket, Case("randread", 4096, 32), lun=b.RAMDISK_LUN, span=args.size,
+                  seconds=seconds + 1, backend_pid=daemon.pid)
+        _, err = p.communicate(timeout=seconds + 30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    if not raw.exists():
+        return {"error": f"py-spy wrote nothing: {err.decode(errors='replace')[-500:]}"}
+    summary = profile_stacks.summarize(raw.read_text(), top=args.profile_top)
+    summary["load"] = load()
+    summary["under_load"] = r.summary()
+    keep = Path(args.json).with_suffix(".pyspy.txt")
+    shutil.copyfile(raw, keep)
+    summary["raw"] = str(keep)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="CI smoke run: short cases, small disks, no guest")
+    ap.add_argument("--seconds", type=float, help="seconds per host-side case (default 3; quick 0.3)")
+    ap.add_argument("--size", type=int, help="bytes per disk (default 256 MiB; quick 16 MiB)")
+    ap.add_argument("--queues", type=int, nargs="+", default=[1, 2], help="request queue counts to measure")
+    ap.add_argument("--guest", choices=("auto", "yes", "no"), default="auto",
+                    help="in-guest fio comparison (auto: yes unless --quick)")
+    ap.add_argument("--guest-seconds", type=int, default=8, help="seconds per in-guest fio job")
+    ap.add_argument("--no-qsd", action="store_true", help="skip qemu-storage-daemon")
+    ap.add_argument("--profile", type=float, default=0, metavar="S", help="py-spy the daemon for S seconds")
+    ap.add_argument("--profile-top", type=int, default=25)
+    ap.add_argument("--json", default="vhostscsi-bench.json", help="where to write the results")
+    ap.add_argument("--workdir", type=Path, default=None, help="backing files here (default: a dir on /dev/shm)")
+    args = ap.parse_args(argv)
+    args.seconds = args.seconds or (0.3 if args.quick else 3.0)
+    args.size = args.size or ((16 if args.quick else 256) * _MB)
+    run_guest = args.guest == "yes" or (args.guest == "auto" and not args.quick)
+
+    base = args.workdir or (Path("/dev/shm") if Path("/dev/shm").is_dir() else None)
+    work = Path(tempfile.mkdtemp(prefix="vhostscsi-bench-", dir=base))
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+        "quick": args.quick, "seconds_per_case": args.seconds, "disk_bytes": args.size, "workdir": str(work),
+        "load_start": load(), "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+    }
+    say(f"vhostscsi bench {meta['date']} on {meta['host']}: {meta['cpus']} CPUs, load {meta['load_start']}, "
+        f"{args.seconds:g} s per case, disks {args.size // _MB} MiB in {work}")
+    result: dict[str, object] = {"meta": meta}
+    daemon = qsd = None
+    rc = 0
+    try:
+        image = work / "disk0.img"
+        b.make_backing_file(image, args.size)
+        daemon = b.OurDaemon(work, image, args.size)
+        if not args.no_qsd and b.qsd_binary():
+            qsd = b.StorageDaemon(work, image, max(args.queues))
+        # fill the ramdisk so reads copy real data, not the zero page
+        d.run(daemon.socket, Case("write", _MB, 8), lun=b.RAMDISK_LUN, span=args.size,
+              seconds=min(args.seconds, 1.0), backend_pid=None)
+        say(HEADER)
+        rows = host_matrix(args, work, image, daemon, qsd)
+        result["host"] = rows
+        guest = None
+        if run_guest:
+            try:
+                guest = guest_part(args, work, image, daemon)
+            except Exception as e:  # noqa: BLE001 - a guest that cannot boot must not lose the host figures
+                guest = {"error": f"{type(e).__name__}: {e}"[:2000]}
+                say(f"guest part failed: {guest['error']}")
+                rc = 1
+            result["guest"] = guest
+        result["bars"] = bars(rows, guest)
+        if args.profile:
+            result["profile"] = profile(args, daemon, work)
+    finally:
+        for p in (qsd, daemon):
+            if p is not None:
+                p.stop()
+        meta["load_end"] = load()
+        if daemon is not None:
+            meta["daemon_log_tail"] = daemon.log()[-1500:]
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        shutil.rmtree(work, ignore_errors=True)
+    print_summary(result)
+    say(f"results written to {args.json}")
+    if any(r.get("errors") for r in result.get("host", [])):  # type: ignore[union-attr]
+        say("ERRORS: some requests failed (see the err column)")
+        rc = 1
+    return rc
+
+
+def print_summary(result: dict[str, object]) -> None:
+    guest = result.get("guest")
+    if isinstance(guest, dict) and "ratio" in guest:
+        say("\nin-guest fio (one TCG guest, same image and jobs, same backing file):")
+        say(f"{'job':<20} {'QEMU virtio-scsi IOPS':>22} {'vhostscsi IOPS':>15} {'ratio':>6}")
+        for k, ratio in guest["ratio"].items():
+            say(f"{k:<20} {guest['qemu_builtin'][k]['iops']:>22,.0f} {guest['ours'][k]['iops']:>15,.0f} {ratio:>6.2f}")
+    say("\nbars (host side, one daemon process):")
+    for bar in result.get("bars", []):  # type: ignore[union-attr]
+        v = bar["value"]
+        status = "n/a" if v is None else ("MET" if bar["met"] else "not met")
+        vs = "-" if v is None else f"{v:,.3f}" if v < 100 else f"{v:,.0f}"
+        say(f"  {bar['bar']:<20} {vs:>10} (bar {bar['target']:,}) {status:<7}  {bar['how']}")
+    prof = result.get("profile")
+    if isinstance(prof, dict):
+        say("\n" + prof.get("text", prof.get("error", "")))
+    meta = result["meta"]
+    say(f"\nload average: start {meta['load_start']}, end {meta.get('load_end')}")  # type: ignore[index]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

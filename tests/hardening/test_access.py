@@ -256,3 +256,63 @@ def test_a_corrupt_configuration_is_refused_by_the_shell_and_left_alone(tmp_path
     assert proc.returncode != 0
     assert proc.stderr.strip().count("\n") == 0 and str(path) in proc.stderr, proc.stderr
     assert path.read_bytes() == corrupt, "the corrupt file was overwritten: the admin's only copy is gone"
+
+
+# ---- backstore paths --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,why", [
+    (["file_or_dev={tmp}"], "not a file"),
+    (["file_or_dev=/dev/null"], "not a file"),
+    (["file_or_dev={tmp}/no/such/dir/x.img", "size=1M"], "does not exist"),
+    (["file_or_dev=/proc/self/mem", "size=1M"], "size"),
+], ids=["directory", "char-device", "missing-directory", "proc-file"])
+def test_shell_refuses_unusable_backstore_paths(tmp_path: Path, args: list[str], why: str) -> None:
+    path = tmp_path / "saveconfig.json"
+    save_config(Config(), path)
+    before = path.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "vhostscsi", "--config", str(path), "/backstores/fileio", "create",
+                           "name=bad", *[a.format(tmp=tmp_path) for a in args]],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert why in out and "Created" not in out, out
+    assert path.read_bytes() == before
+
+
+def test_shell_stores_a_relative_backstore_path_as_absolute(tmp_path: Path) -> None:
+    path = tmp_path / "saveconfig.json"
+    proc = subprocess.run([sys.executable, "-m", "vhostscsi", "--config", str(path), "/backstores/fileio", "create",
+                           "name=rel", "file_or_dev=rel.img", "size=1M"], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert load_config(path).storage_objects[0].dev == str(tmp_path / "rel.img")
+
+
+def test_daemon_skips_a_hand_edited_unusable_path_and_serves_the_rest(tmp_path: Path) -> None:
+    """A saved file edited by hand to point a backstore at a directory: that LUN is not served (one log line),
+    the daemon and the target's other LUN are."""
+    cfg = Config()
+    bad = new_storage_object("fileio", "bad", dev=str(tmp_path / "disk0.img"), size=DISK)
+    bad.dev = str(tmp_path)  # a directory
+    rd = new_storage_object("ramdisk", "rd0", size=DISK)
+    cfg.add_storage_object(bad)
+    cfg.add_storage_object(rd)
+    target = new_vhost_target(WWN)
+    target.tpgs[0].add_lun(bad)
+    target.tpgs[0].add_lun(rd)
+    cfg.add_target(target)
+    save_config(cfg, tmp_path / "saveconfig.json")
+    daemon = Daemon(tmp_path, tmp_path / "saveconfig.json")
+    try:
+        daemon.wait_log(r"listening on")
+        assert "cannot open /backstores/fileio/bad" in daemon.log()
+        fe, ram, init = daemon.connect()
+        try:
+            assert init.command(bytes([0x12, 0, 0, 0, 96, 0]), lun=1, data_in_len=96).status == 0
+            r = init.command(bytes([0x12, 0, 0, 0, 96, 0]), lun=0, data_in_len=96)
+            assert r.status == 0 and r.data[0] & 0xE0 in (0x20, 0x60)  # LUN 0 not connected
+        finally:
+            fe.close()
+            ram.close()
+        assert daemon.alive()
+    finally:
+        daemon.kill()

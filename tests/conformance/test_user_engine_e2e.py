@@ -47,8 +47,11 @@ done; done
 """
 
 
-def write_config(path: Path, work: Path) -> None:
-    """The capture's setup as our saved configuration, attributes as LIO showed them."""
+def write_config(path: Path, work: Path, dev_dir: str | None = None) -> None:
+    """The capture's setup as our saved configuration, attributes as LIO showed them.
+
+    The disk images go to ``work``; ``dev_dir`` is where the configuration says they are, when
+    they will be copied elsewhere (into a guest) before use."""
     capture = {lun["lun"]: lun for lun in load_capture(DATA)["luns"]}
     sos, luns = [], []
     for lun in LUNS:
@@ -57,7 +60,8 @@ def write_config(path: Path, work: Path) -> None:
         attrs = {k: v for k, v in capture[lun.lun]["attributes"].items() if k in WRITABLE and isinstance(v, int)}
         if lun.plugin != "fileio":
             attrs = {}  # only present for REPORT LUNS; none of its own cases run here
-        so = StorageObject(plugin="fileio", name=lun.name, wwn=lun.serial, dev=str(img), size=lun.size,
+        dev = f"{dev_dir}/{img.name}" if dev_dir else str(img)
+        so = StorageObject(plugin="fileio", name=lun.name, wwn=lun.serial, dev=dev, size=lun.size,
                            write_back=True, attributes=attrs)
         sos.append(so)
         luns.append(Lun(index=lun.lun, storage_object=so.path, write_protect=lun.write_protect))

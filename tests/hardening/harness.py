@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
+from vhostscsi.config.model import Config, StorageObject, new_storage_object, new_vhost_target
 from vhostscsi.config.store import save_config
 from vhostscsi.hostdriver.frontend import FrontEnd
 from vhostscsi.hostdriver.guestram import GuestRam
@@ -24,20 +24,52 @@ HERE = Path(__file__).resolve().parent
 WWN = "naa.5001405deadbe001"
 
 
+def save_targets(path: Path, targets: dict[str, list[tuple[StorageObject, bool]]]) -> Path:
+    """Save a configuration: for each vhost target WWN, its LUNs 0.. as (storage object, write_protect); fileio
+    backing files that do not exist yet are created sparse at the object's size."""
+    cfg = Config()
+    for wwn, luns in targets.items():
+        target = new_vhost_target(wwn)
+        for so, write_protect in luns:
+            if cfg.find_storage_object(so.path) is None:
+                cfg.add_storage_object(so)
+            if so.plugin == "fileio" and so.dev and not os.path.exists(so.dev) and os.path.isdir(os.path.dirname(so.dev)):
+                with open(so.dev, "wb") as f:
+                    f.truncate(so.size)
+            target.tpgs[0].add_lun(so, write_protect=write_protect)
+        cfg.add_target(target)
+    save_config(cfg, path)
+    return path
+
+
 def make_config(path: Path, disk: Path, size: int, *, write_back: bool = True, write_protect: bool = False,
                 create: bool = True) -> Path:
     """A saved configuration: one fileio disk0 on `disk`, one vhost target with it as LUN 0."""
-    cfg = Config()
-    so = new_storage_object("fileio", "disk0", dev=str(disk), size=size, write_back=write_back)
-    cfg.add_storage_object(so)
-    target = new_vhost_target(WWN)
-    target.tpgs[0].add_lun(so, write_protect=write_protect)
-    cfg.add_target(target)
     if create and not disk.exists():
         with open(disk, "wb") as f:
             f.truncate(size)
-    save_config(cfg, path)
-    return path
+    so = new_storage_object("fileio", "disk0", dev=str(disk), size=size, write_back=write_back)
+    return save_targets(path, {WWN: [(so, write_protect)]})
+
+
+class Guest:
+    """A host-side driver connection (what QEMU + the guest's virtio-scsi driver do), as a context manager."""
+
+    def __init__(self, sock: Path, *, ram_size: int = 4 << 20, regions: int = 2, queue_size: int = 32) -> None:
+        self.fe = FrontEnd.connect(str(sock), timeout=10)
+        self.ram = GuestRam(ram_size, regions=regions)
+        self.init = ScsiInitiator(self.fe, self.ram, queue_size=queue_size)
+
+    def __enter__(self) -> ScsiInitiator:
+        self.init.start()
+        return self.init
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.fe.close()
+        self.ram.close()
 
 
 class Daemon:

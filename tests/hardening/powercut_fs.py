@@ -58,29 +58,27 @@ class _File:
             pos += n
         return bytes(out)
 
-    def write(self, data: bytes, offset: int) -> None:
-        pos = offset
+    @staticmethod
+    def _spans(offset: int, length: int):
+        """(page index, offset in page, offset in the data, length) of each page-sized piece of a range."""
         k = 0
-        while k < len(data):
-            i, off = divmod(pos, PAGE)
-            n = min(PAGE - off, len(data) - k)
-            self._page(i)[off : off + n] = data[k : k + n]
-            pos += n
+        while k < length:
+            i, off = divmod(offset + k, PAGE)
+            n = min(PAGE - off, length - k)
+            yield i, off, k, n
             k += n
+
+    def write(self, data: bytes, offset: int) -> None:
+        for i, off, k, n in self._spans(offset, len(data)):
+            self._page(i)[off : off + n] = data[k : k + n]
         self.size = max(self.size, offset + len(data))
 
     def write_durable(self, data: bytes, offset: int) -> None:
         """O_DSYNC/RWF_DSYNC: this write alone becomes durable; other unsynced pages stay unsynced."""
-        pos = offset
-        k = 0
-        while k < len(data):
-            i, off = divmod(pos, PAGE)
-            n = min(PAGE - off, len(data) - k)
+        for i, off, k, n in self._spans(offset, len(data)):
             p = self.dirty.get(i)
             if p is not None:
                 p[off : off + n] = data[k : k + n]
-            pos += n
-            k += n
         os.pwrite(self.fd, data, offset)
         os.fdatasync(self.fd)
         self.size = max(self.size, offset + len(data))

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from hardening.harness import WWN, Daemon, make_config
-from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
+from hardening.harness import WWN, Daemon, make_config, save_targets
+from vhostscsi.config.model import Config, new_storage_object
 from vhostscsi.config.store import ConfigError, load_config, save_config
 from vhostscsi.scsi import Device, TargetPort
 from vhostscsi.backstores import open_backstore
@@ -35,15 +35,9 @@ def _wp_config(tmp: Path) -> Path:
     """disk0 (fileio, UNMAP and WRITE SAME+UNMAP enabled) exported write-protected as LUN 0, disk content random."""
     disk = tmp / "disk0.img"
     disk.write_bytes(os.urandom(DISK))
-    cfg = Config()
     so = new_storage_object("fileio", "disk0", dev=str(disk), size=DISK, write_back=True)
     so.attributes.update(emulate_tpu=1, emulate_tpws=1)
-    cfg.add_storage_object(so)
-    target = new_vhost_target(WWN)
-    target.tpgs[0].add_lun(so, write_protect=True)
-    cfg.add_target(target)
-    save_config(cfg, tmp / "saveconfig.json")
-    return tmp / "saveconfig.json"
+    return save_targets(tmp / "saveconfig.json", {WWN: [(so, True)]})
 
 
 # WRITE(10), WRITE(16) with FUA, WRITE SAME(16) with and without UNMAP, UNMAP, COMPARE AND WRITE, WRITE AND VERIFY
@@ -290,18 +284,10 @@ def test_shell_stores_a_relative_backstore_path_as_absolute(tmp_path: Path) -> N
 def test_daemon_skips_a_hand_edited_unusable_path_and_serves_the_rest(tmp_path: Path) -> None:
     """A saved file edited by hand to point a backstore at a directory: that LUN is not served (one log line),
     the daemon and the target's other LUN are."""
-    cfg = Config()
     bad = new_storage_object("fileio", "bad", dev=str(tmp_path / "disk0.img"), size=DISK)
     bad.dev = str(tmp_path)  # a directory
     rd = new_storage_object("ramdisk", "rd0", size=DISK)
-    cfg.add_storage_object(bad)
-    cfg.add_storage_object(rd)
-    target = new_vhost_target(WWN)
-    target.tpgs[0].add_lun(bad)
-    target.tpgs[0].add_lun(rd)
-    cfg.add_target(target)
-    save_config(cfg, tmp_path / "saveconfig.json")
-    daemon = Daemon(tmp_path, tmp_path / "saveconfig.json")
+    daemon = Daemon(tmp_path, save_targets(tmp_path / "saveconfig.json", {WWN: [(bad, False), (rd, False)]}))
     try:
         daemon.wait_log(r"listening on")
         assert "cannot open /backstores/fileio/bad" in daemon.log()

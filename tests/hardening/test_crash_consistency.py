@@ -20,7 +20,6 @@ import os
 import random
 import struct
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 

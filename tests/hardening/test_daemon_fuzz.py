@@ -18,13 +18,10 @@ import threading
 import time
 from pathlib import Path
 
-from hardening.harness import Daemon
+from hardening.harness import Daemon, Guest, save_targets
 from hardening.test_fuzz_session import Case
-from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
-from vhostscsi.config.store import save_config
-from vhostscsi.hostdriver.frontend import FrontEnd, FrontEndError
-from vhostscsi.hostdriver.guestram import GuestRam
-from vhostscsi.hostdriver.initiator import ScsiInitiator
+from vhostscsi.config.model import new_storage_object
+from vhostscsi.hostdriver.frontend import FrontEndError
 from vhostscsi.hostdriver.vring import MALFORMED_KINDS
 
 WWN_A = "naa.5001405aaaaaaaa1"
@@ -33,18 +30,9 @@ INQUIRY = bytes([0x12, 0, 0, 0, 96, 0])
 
 
 def two_targets(tmp: Path) -> Path:
-    cfg = Config()
-    for name, wwn in (("diska", WWN_A), ("diskb", WWN_B)):
-        disk = tmp / f"{name}.img"
-        with open(disk, "wb") as f:
-            f.truncate(4 << 20)
-        so = new_storage_object("fileio", name, dev=str(disk), size=4 << 20, write_back=True)
-        cfg.add_storage_object(so)
-        target = new_vhost_target(wwn)
-        target.tpgs[0].add_lun(so)
-        cfg.add_target(target)
-    save_config(cfg, tmp / "saveconfig.json")
-    return tmp / "saveconfig.json"
+    return save_targets(tmp / "saveconfig.json", {
+        wwn: [(new_storage_object("fileio", name, dev=str(tmp / f"{name}.img"), size=4 << 20), False)]
+        for name, wwn in (("diska", WWN_A), ("diskb", WWN_B))})
 
 
 class Victim(threading.Thread):
@@ -58,11 +46,9 @@ class Victim(threading.Thread):
         self.errors: list[str] = []
 
     def run(self) -> None:
-        fe = FrontEnd.connect(str(self.sock), timeout=10)
-        ram = GuestRam(4 << 20, regions=2)
-        init = ScsiInitiator(fe, ram, queue_size=32)
+        guest = Guest(self.sock)
         try:
-            init.start()
+            init = guest.__enter__()
             init.command(bytes(6))  # the power-on unit attention
             i = 0
             while not self.stop.is_set():
@@ -78,8 +64,7 @@ class Victim(threading.Thread):
         except (FrontEndError, OSError) as e:
             self.errors.append(f"connection failed: {e}")
         finally:
-            fe.close()
-            ram.close()
+            guest.close()
 
 
 def _send_stream(path: Path, chunks: list[tuple[bytes, list[int]]]) -> None:
@@ -129,30 +114,15 @@ def test_one_guest_is_served_while_another_attacks_the_daemon(tmp_path: Path) ->
             case = Case(rng)
             _send_stream(sock_b, case.stream(rng.randint(1, 30)))
         # malformed chains on live rings: each must be answered empty, the ring keeps working
-        fe = FrontEnd.connect(str(sock_b), timeout=10)
-        ram = GuestRam(4 << 20, regions=2)
-        init = ScsiInitiator(fe, ram, queue_size=64)
-        try:
-            init.start()
+        with Guest(sock_b, queue_size=64) as init:
             for kind in MALFORMED_KINDS * 3:
                 head = init.submit_malformed(kind)
                 assert init.wait(2, head, timeout=10).length == 0, kind
                 assert init.command(INQUIRY, data_in_len=96).status in (0, 2)
-        finally:
-            fe.close()
-            ram.close()
         assert daemon.alive(), "the daemon died under hostile input:\n" + daemon.log()[-3000:]
         time.sleep(1.0)
-        # a well-behaved front end is still served on the attacked target
-        fe = FrontEnd.connect(str(sock_b), timeout=10)
-        ram = GuestRam(4 << 20, regions=2)
-        init = ScsiInitiator(fe, ram, queue_size=32)
-        try:
-            init.start()
+        with Guest(sock_b) as init:  # a well-behaved front end is still served on the attacked target
             assert init.command(INQUIRY, data_in_len=96).response == 0
-        finally:
-            fe.close()
-            ram.close()
         time.sleep(1.0)
         victim.stop.set()
         victim.join(30)
@@ -174,10 +144,8 @@ def test_a_front_end_that_shrinks_guest_ram_cannot_kill_the_daemon(tmp_path: Pat
     try:
         daemon.wait_log(r"listening on .*bbbbbbbb2")
         sock_a, sock_b = (daemon.sockdir / f"{w}.sock" for w in (WWN_A, WWN_B))
-        fe = FrontEnd.connect(str(sock_b), timeout=10)
-        ram = GuestRam(4 << 20, regions=1)
-        init = ScsiInitiator(fe, ram, queue_size=32)
-        init.start()
+        guest = Guest(sock_b, regions=1)
+        fe, ram, init = guest.fe, guest.ram, guest.__enter__()
         assert init.command(bytes(6)).response == 0
         head, _resp, _din = init.submit(INQUIRY, data_in_len=96)  # prepared while the RAM is still there
         os.ftruncate(ram.fd, 0)  # from now on neither side may touch it
@@ -189,14 +157,7 @@ def test_a_front_end_that_shrinks_guest_ram_cannot_kill_the_daemon(tmp_path: Pat
         ram.fd = -1
         assert alive, (f"the daemon died (exit {daemon.proc.returncode}; -7 = SIGBUS) when a front end shrank its "
                        f"guest RAM:\n" + daemon.log()[-2000:])
-        fe2 = FrontEnd.connect(str(sock_a), timeout=10)
-        ram2 = GuestRam(4 << 20, regions=2)
-        init2 = ScsiInitiator(fe2, ram2, queue_size=32)
-        try:
-            init2.start()
+        with Guest(sock_a) as init2:
             assert init2.command(INQUIRY, data_in_len=96).response == 0
-        finally:
-            fe2.close()
-            ram2.close()
     finally:
         daemon.kill()

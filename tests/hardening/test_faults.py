@@ -17,11 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from hardening.harness import WWN, Daemon, PowerCutMount, fuse_available
-from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
-from vhostscsi.config.store import save_config
-from vhostscsi.hostdriver.frontend import FrontEnd
-from vhostscsi.hostdriver.guestram import GuestRam
+from hardening.harness import WWN, Daemon, Guest, PowerCutMount, fuse_available, save_targets
+from vhostscsi.config.model import new_storage_object
 from vhostscsi.hostdriver.initiator import ScsiInitiator
 from vhostscsi.vhost_user import codec
 from vhostscsi.vhost_user.codec import Message
@@ -43,20 +40,9 @@ def write10(lba: int, n: int, fua: bool = False) -> bytes:
 
 def two_disk_config(tmp: Path, disk0: Path, size0: int, *, write_back: bool = True) -> Path:
     """LUN 0: fileio disk0 at `disk0` (the one the fault hits); LUN 1: a ramdisk that must keep working."""
-    cfg = Config()
     so = new_storage_object("fileio", "disk0", dev=str(disk0), size=size0, write_back=write_back)
     rd = new_storage_object("ramdisk", "rd1", size=4 << 20)
-    cfg.add_storage_object(so)
-    cfg.add_storage_object(rd)
-    target = new_vhost_target(WWN)
-    target.tpgs[0].add_lun(so)
-    target.tpgs[0].add_lun(rd)
-    cfg.add_target(target)
-    if not disk0.exists():
-        with open(disk0, "wb") as f:
-            f.truncate(size0)
-    save_config(cfg, tmp / "saveconfig.json")
-    return tmp / "saveconfig.json"
+    return save_targets(tmp / "saveconfig.json", {WWN: [(so, False), (rd, False)]})
 
 
 def key(r) -> int | None:
@@ -205,11 +191,9 @@ def _kill_mid_io_cycles(tmp_path: Path, cycles: int) -> tuple[int, int, int]:
         fds0, maps0 = fd_count(pid), map_count(pid)
         payload = os.urandom(32 * 1024)
         for i in range(cycles):
-            fe = FrontEnd.connect(str(daemon.socket), timeout=10)
-            ram = GuestRam(4 << 20, regions=2)
-            init = ScsiInitiator(fe, ram, queue_size=32)
+            guest = Guest(daemon.socket)
             try:
-                init.start()
+                init = guest.__enter__()
                 for k in range(8):
                     init.submit(write10((i * 8 + k) % 1000 * 8, 64), data_out=payload, lun=k % 2)
                 init.submit(read10(0, 64), data_in_len=len(payload))
@@ -217,9 +201,9 @@ def _kill_mid_io_cycles(tmp_path: Path, cycles: int) -> tuple[int, int, int]:
                 if i % 3 == 0:
                     init.wait_any(2, timeout=0.05)
             finally:
-                fe.sock.shutdown(socket.SHUT_RDWR) if i % 2 else None
-                fe.close()
-                ram.close()
+                if i % 2:
+                    guest.fe.sock.shutdown(socket.SHUT_RDWR)
+                guest.close()
         # let the daemon see the last hang-up
         daemon.wait_log(r"disconnected", count=cycles + 1, timeout=60)
         time.sleep(0.5)

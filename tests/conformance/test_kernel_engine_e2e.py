@@ -19,7 +19,7 @@ import pytest
 from conformance.lio_cases import CASES, VHOST_CASES
 from conformance.lio_setup import LUNS, TARGET_WWN, TPG_TAG
 from conformance.replay import DATA_VHOST, load_capture
-from conformance.test_user_engine_e2e import write_config
+from conformance.lio_config import write_config
 from vhostscsi.guestkit import (
     HOST_ROOT,
     HOST_ROOT_MODULES,
@@ -58,7 +58,9 @@ def test_kernel_engine_target_answers_like_the_capture(tmp_path: Path) -> None:
         # (targetcli's package creates /etc/target; the host's read-only root here has none):
         # point db_root at a writable directory before the engine creates any device.
         "chroot /host modprobe target_core_mod; mount -t configfs configfs /sys/kernel/config 2>/dev/null\n"
-        "mkdir -p /host/run/target/pr; echo /run/target > /sys/kernel/config/target/dbroot\n"
+        # (the path is resolved both from here, writing dbroot, and in the chrooted client's
+        # context when LIO writes PR metadata: make it in both roots)
+        "mkdir -p /run/target/pr /host/run/target/pr; echo /run/target > /sys/kernel/config/target/dbroot\n"
         "echo \"@@DBROOT $(cat /sys/kernel/config/target/dbroot)\"\n"
         "cp /vhost_client.py /cases.json /host/tmp/\n"
         f"chroot /host env PYTHONDONTWRITEBYTECODE=1 {sys.executable} -m vhostscsi kernel apply "

@@ -69,7 +69,7 @@ class Process:
 class OurDaemon(Process):
     """`vhostscsi serve` with one vhost target: LUN 0 a ramdisk, LUN 1 fileio on `image`."""
 
-    def __init__(self, workdir: Path, image: Path, size: int) -> None:
+    def __init__(self, workdir: Path, image: Path, size: int, sockdir: Path) -> None:
         cfg = Config()
         rd = cfg.add_storage_object(new_storage_object("ramdisk", "rd0", size=size))
         fi = cfg.add_storage_object(new_storage_object("fileio", "disk0", dev=str(image), size=size))
@@ -78,7 +78,7 @@ class OurDaemon(Process):
         target.tpgs[0].add_lun(fi, FILEIO_LUN)
         config = workdir / "saveconfig.json"
         save_config(cfg, config)
-        self.sockdir = workdir / "run"
+        self.sockdir = sockdir / "run"  # short: a unix socket path holds 108 bytes
         self.socket = self.sockdir / f"{WWN}.sock"
         super().__init__([sys.executable, "-m", "vhostscsi", "serve", "--config", str(config),
                           "--socket-dir", str(self.sockdir)], workdir / "serve.log")
@@ -92,8 +92,8 @@ class OurDaemon(Process):
 class StorageDaemon(Process):
     """qemu-storage-daemon exporting `image` as vhost-user-blk (QEMU's own C back end), `queues` queues."""
 
-    def __init__(self, workdir: Path, image: Path, queues: int) -> None:
-        self.socket = workdir / f"qsd-{queues}.sock"
+    def __init__(self, workdir: Path, image: Path, queues: int, sockdir: Path) -> None:
+        self.socket = sockdir / f"qsd-{queues}.sock"
         self.socket.unlink(missing_ok=True)
         super().__init__([
             qsd_binary() or "qemu-storage-daemon",
@@ -131,7 +131,8 @@ def fio_direct(image: Path, case: Case, seconds: float, workdir: Path) -> dict[s
     cpu = (job.get("usr_cpu", 0.0) + job.get("sys_cpu", 0.0)) / 100 * seconds * case.queues
     return {"iops": round(side["iops"], 1), "mb_s": round(side["bw_bytes"] / 1e6, 2),
             "lat_p50_us": round(lat.get("50.000000", 0) / 1000, 1), "lat_p99_us": round(lat.get("99.000000", 0) / 1000, 1),
-            "backend_cpu_s": round(cpu, 3), "tool": "fio pvsync"}
+            "backend_cpu_s": round(cpu, 3), "backend_sys_s": round(job.get("sys_cpu", 0.0) / 100 * seconds * case.queues, 3),
+            "tool": "fio pvsync"}
 
 
 def preadv_direct(image: Path, case: Case, seconds: float) -> dict[str, float]:

@@ -54,6 +54,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def sys_seconds(pid: int) -> float:
+    """Kernel-mode CPU time of `pid` (all threads; /proc/pid/stat stime, clock ticks)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Case:
     """One access pattern: what fio would call rw/bs/iodepth/numjobs."""
@@ -83,6 +92,7 @@ class Result:
     seconds: float = 0.0
     bytes_per_io: int = 0
     backend_cpu: float = 0.0  # seconds of back-end CPU during the timed window
+    backend_sys: float = 0.0  # of which in the kernel (syscalls: eventfds, epoll, preadv/pwritev)
     driver_cpu: float = 0.0  # seconds of CPU all driver processes used
     latencies_us: list[float] = field(default_factory=list, repr=False)
 
@@ -110,7 +120,8 @@ class Result:
             "seconds": round(self.seconds, 3), "lat_p50_us": round(self.pct(50), 1),
             "lat_p99_us": round(self.pct(99), 1), "lat_p999_us": round(self.pct(99.9), 1),
             "lat_max_us": round(max(self.latencies_us, default=0.0), 1),
-            "backend_cpu_s": round(self.backend_cpu, 3), "driver_cpu_s": round(self.driver_cpu, 3),
+            "backend_cpu_s": round(self.backend_cpu, 3), "backend_sys_s": round(self.backend_sys, 3),
+            "driver_cpu_s": round(self.driver_cpu, 3),
             "ios_per_backend_cpu_s": round(self.per_cpu_second, 1),
         }
 
@@ -227,6 +238,7 @@ def run(socket_path: str | Path, case: Case, *, device: str = "scsi", lun: int =
             os.close(w)
             pids.append((pid, r))
         cpu0 = cpu_seconds(backend_pid) if backend_pid else 0.0
+        sys0 = sys_seconds(backend_pid) if backend_pid else 0.0
         os.write(go_w, b"g" * len(pids))
         outs = []
         for pid, r in pids:
@@ -238,7 +250,8 @@ def run(socket_path: str | Path, case: Case, *, device: str = "scsi", lun: int =
             outs.append(pickle.loads(data))
         pids.clear()
         cpu1 = cpu_seconds(backend_pid) if backend_pid else 0.0
-        res = Result(bytes_per_io=case.bs, backend_cpu=cpu1 - cpu0)
+        sys1 = sys_seconds(backend_pid) if backend_pid else 0.0
+        res = Result(bytes_per_io=case.bs, backend_cpu=cpu1 - cpu0, backend_sys=sys1 - sys0)
         for o in outs:
             if o["stall"]:
                 raise FrontEndError(str(o["stall"]))

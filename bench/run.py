@@ -20,6 +20,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -81,13 +82,17 @@ def host_matrix(args: argparse.Namespace, work: Path, image: Path, daemon: b.Our
             ld = load()
             for name, fig in runs:
                 row = {**common, "backend": name, **fig, "load": ld}
+                if fig.get("backend_cpu_s"):
+                    row["backend_cpu_pct"] = round(100 * fig["backend_cpu_s"] / fig.get("seconds", args.seconds), 1)
+                if fig.get("backend_sys_s") is not None and fig.get("backend_cpu_s"):
+                    row["backend_sys_pct"] = round(100 * fig["backend_sys_s"] / fig["backend_cpu_s"], 1)
                 rows.append(row)
                 say(format_row(row))
     return rows
 
 
 HEADER = (f"{'case':<18} {'q':>1} {'backend':<13} {'IOPS':>9} {'MB/s':>8} {'p50us':>7} {'p99us':>7} "
-          f"{'bkCPUs':>6} {'IO/bkCPUs':>9} {'drvCPUs':>7} {'err':>3}")
+          f"{'bkCPU%':>6} {'sys%':>4} {'IO/bkCPUs':>9} {'drvCPUs':>7} {'err':>3}")
 
 
 def format_row(r: dict[str, object]) -> str:
@@ -96,7 +101,7 @@ def format_row(r: dict[str, object]) -> str:
         return format(v, fmt) if isinstance(v, (int, float)) and v else "-"
 
     return (f"{r['case']:<18} {r['queues']:>1} {r['backend']:<13} {num('iops', ',.0f'):>9} {num('mb_s', ',.0f'):>8} "
-            f"{num('lat_p50_us', '.0f'):>7} {num('lat_p99_us', '.0f'):>7} {num('backend_cpu_s', '.2f'):>6} "
+            f"{num('lat_p50_us', '.0f'):>7} {num('lat_p99_us', '.0f'):>7} {num('backend_cpu_pct', '.0f'):>6} {num('backend_sys_pct', '.0f'):>4} "
             f"{num('ios_per_backend_cpu_s', ',.0f'):>9} {num('driver_cpu_s', '.2f'):>7} {r.get('errors', '-')!s:>3}")
 
 
@@ -121,12 +126,42 @@ def bars(rows: list[dict[str, object]], guest: dict[str, object] | None) -> list
     ours, direct = find(rows, "1M read qd8", "ours fileio"), find(rows, "1M read qd8", "host direct")
     bar("seq_read_vs_direct", float(ours["mb_s"]) / float(direct["mb_s"]) if ours and direct else None,  # type: ignore[arg-type]
         BARS["seq_read_vs_direct"], "1M read, fileio on tmpfs: our MB/s / host preadv MB/s (fio pvsync, 1 job)")
+    if ours and direct and ours.get("backend_cpu_s") and direct.get("backend_cpu_s"):
+        eff = (float(ours["mb_s"]) / float(ours["backend_cpu_s"])) / (float(direct["mb_s"]) / float(direct["backend_cpu_s"]))  # type: ignore[arg-type]
+        out.append({"bar": "seq_read_per_cpu_vs_direct", "value": round(eff, 3), "target": None, "met": None,
+                    "how": "cross-check, not a bar: the same ratio per CPU-second (MB per daemon CPU-s / MB per fio CPU-s)"})
     ratios = (guest or {}).get("ratio") or {}
     bar("guest_vs_builtin", min(ratios.values()) if ratios else None, BARS["guest_vs_builtin"],  # type: ignore[type-var, arg-type]
         "in-guest fio IOPS ours / QEMU virtio-scsi+scsi-hd, worst of the jobs")
     one, two = find(rows, "4k randread qd32", "ours ramdisk", 1), find(rows, "4k randread qd32", "ours ramdisk", 2)
     bar("two_queues_vs_one", float(two["iops"]) / float(one["iops"]) if one and two else None,  # type: ignore[arg-type]
         BARS["two_queues_vs_one"], "4k randread qd32 per queue, ramdisk: IOPS with 2 request queues / 1")
+    return out
+
+
+def ceilings(args: argparse.Namespace) -> list[dict[str, object]]:
+    """CPU cost of the layers below the event loop, in this process (CPU time, so other load does not count):
+    the SCSI core alone (bench/scsi_core.py) and rings + virtio-scsi + SCSI core + ramdisk without sockets or
+    eventfds (hostdriver.bench's in-process mode, one descriptor per request: --indirect)."""
+    import scsi_core
+
+    from vhostscsi.hostdriver import bench as hb
+
+    n = 20_000 if args.quick else 200_000
+    out: list[dict[str, object]] = [
+        {"layer": "scsi core: READ(10) 4k, ramdisk", "per_cpu_s": round(scsi_core.rate(0x28, n))},
+        {"layer": "scsi core: WRITE(10) 4k, ramdisk", "per_cpu_s": round(scsi_core.rate(0x2A, n))},
+    ]
+    for rw in ("read", "write"):
+        ns = argparse.Namespace(rw=rw, bs=4096, queue_size=32, seconds=min(args.seconds, 2.0), span=16 * _MB,
+                                indirect=True, target=1, lun=0, device="scsi", depth=32)
+        text = hb.run_inproc(ns)
+        m = re.search(r"([\d,]+) requests per CPU-second", text)
+        out.append({"layer": f"device side (rings+virtio-scsi+core) 4k {rw}, batch 32",
+                    "per_cpu_s": int(m[1].replace(",", "")) if m else None, "text": text})
+    for c in out:
+        v = c["per_cpu_s"]
+        say(f"  {c['layer']:<50} {v:>10,} requests per CPU-second" if v else f"  {c['layer']}: {c.get('text')}")
     return out
 
 
@@ -166,12 +201,44 @@ def profile(args: argparse.Namespace, daemon: b.OurDaemon, work: Path) -> dict[s
     if not raw.exists():
         return {"error": f"py-spy wrote nothing: {err.decode(errors='replace')[-500:]}"}
     summary = profile_stacks.summarize(raw.read_text(), top=args.profile_top)
+    summary["device_side"] = device_profile(args)
     summary["load"] = load()
     summary["under_load"] = r.summary()
     keep = Path(args.json).with_suffix(".pyspy.txt")
     shutil.copyfile(raw, keep)
     summary["raw"] = str(keep)
     return summary
+
+
+def device_profile(args: argparse.Namespace) -> dict[str, object]:
+    """cProfile of the in-process device side (4 KiB reads, batches of 32): Python calls and time per request,
+    by function. Deterministic profiling inflates call-heavy code, so read it for shape and call counts."""
+    import cProfile
+    import pstats
+
+    from vhostscsi.hostdriver import bench as hb
+
+    ns = argparse.Namespace(rw="read", bs=4096, queue_size=32, seconds=min(args.profile, 2.0), span=16 * _MB,
+                            indirect=True, target=1, lun=0, device="scsi", depth=32)
+    prof = cProfile.Profile()
+    text = prof.runcall(hb.run_inproc, ns)
+    m = re.search(r": (\d+) requests", text)
+    requests = int(m[1]) + 32 if m else 0  # + the untimed first batch
+    st = pstats.Stats(prof)
+    rows = []
+    calls = 0
+    for (file, line, func), (cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
+        calls += nc
+        if "/vhostscsi/" in file and "/hostdriver/" not in file:
+            rows.append((tt, ct, nc, f"{func} ({re.sub(r'^(.*/)?vhostscsi/', '', file)}:{line})"))
+    rows.sort(reverse=True)
+    lines = [f"device side under cProfile (in-process, 4k read, batches of 32; {requests} requests, "
+             f"{calls / max(requests, 1):.0f} Python calls per request incl. the driver):",
+             f"{'us/req self':>11} {'us/req tot':>10} {'calls/req':>9}  function"]
+    for tt, ct, nc, name in rows[:15]:
+        lines.append(f"{tt / requests * 1e6:11.2f} {ct / requests * 1e6:10.2f} {nc / requests:9.1f}  {name}")
+    return {"requests": requests, "calls_per_request": round(calls / max(requests, 1), 1),
+            "text": "\n".join(lines)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = args.workdir or (Path("/dev/shm") if Path("/dev/shm").is_dir() else None)
     work = Path(tempfile.mkdtemp(prefix="vhostscsi-bench-", dir=base))
+    sockdir = Path(tempfile.mkdtemp(prefix="vsb-"))  # sockets: short paths whatever --workdir is
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
@@ -209,16 +277,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         image = work / "disk0.img"
         b.make_backing_file(image, args.size)
-        daemon = b.OurDaemon(work, image, args.size)
+        daemon = b.OurDaemon(work, image, args.size, sockdir)
         if not args.no_qsd and b.qsd_binary():
-            qsd = b.StorageDaemon(work, image, max(args.queues))
+            qsd = b.StorageDaemon(work, image, max(args.queues), sockdir)
         # fill the ramdisk so reads copy real data, not the zero page
         d.run(daemon.socket, Case("write", _MB, 8), lun=b.RAMDISK_LUN, span=args.size,
               seconds=min(args.seconds, 1.0), backend_pid=None)
         say(HEADER)
         rows = host_matrix(args, work, image, daemon, qsd)
         result["host"] = rows
+        say("\nceilings below the event loop (this process, CPU time):")
+        result["ceilings"] = ceilings(args)
         guest = None
+        if qsd is not None:
+            qsd.stop()  # it holds QEMU's image lock: the built-in virtio-scsi guest needs the same file
         if run_guest:
             try:
                 guest = guest_part(args, work, image, daemon)
@@ -239,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             meta["daemon_log_tail"] = daemon.log()[-1500:]
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(sockdir, ignore_errors=True)
     print_summary(result)
     say(f"results written to {args.json}")
     if any(r.get("errors") for r in result.get("host", [])):  # type: ignore[union-attr]
@@ -257,12 +330,14 @@ def print_summary(result: dict[str, object]) -> None:
     say("\nbars (host side, one daemon process):")
     for bar in result.get("bars", []):  # type: ignore[union-attr]
         v = bar["value"]
-        status = "n/a" if v is None else ("MET" if bar["met"] else "not met")
+        status = "n/a" if v is None else "info" if bar["met"] is None else ("MET" if bar["met"] else "not met")
         vs = "-" if v is None else f"{v:,.3f}" if v < 100 else f"{v:,.0f}"
-        say(f"  {bar['bar']:<20} {vs:>10} (bar {bar['target']:,}) {status:<7}  {bar['how']}")
+        say(f"  {bar['bar']:<20} {vs:>10} (bar {'-' if bar['target'] is None else format(bar['target'], ',')}) {status:<7}  {bar['how']}")
     prof = result.get("profile")
     if isinstance(prof, dict):
         say("\n" + prof.get("text", prof.get("error", "")))
+        if isinstance(prof.get("device_side"), dict):
+            say("\n" + prof["device_side"]["text"])
     meta = result["meta"]
     say(f"\nload average: start {meta['load_start']}, end {meta.get('load_end')}")  # type: ignore[index]
 

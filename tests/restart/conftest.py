@@ -1,8 +1,15 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from restart.qemu10 import Qemu, find_reconnecting_qemu
+
+if os.environ.get("VHOSTSCSI_RESTART_MUTANT"):  # break the code on purpose (see mutant_serve.py)
+    from restart.mutant_serve import apply
+
+    apply(os.environ["VHOSTSCSI_RESTART_MUTANT"])
 
 
 @pytest.fixture(scope="session")

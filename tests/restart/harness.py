@@ -1,0 +1,185 @@
+"""Real parts for the restart tests: `vhostscsi serve` processes restarted under a QEMU 10 guest running fio.
+
+Nothing is mocked: every daemon is `python -m vhostscsi serve` (or, to prove a test can fail, the same daemon
+started through `mutant_serve.py` with one piece of the restart machinery switched off), the guest is a real
+Linux under QEMU 10 (TCG), and the workload is fio with crc32c verification of every block it writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
+from vhostscsi.config.store import save_config
+
+HERE = Path(__file__).resolve().parent
+WWN = "naa.5001405c0ffee0a9"
+DISK_SIZE = 64 << 20
+FIO_SIZE = 48 << 20  # fio's area; the stop flag lives past it
+STOP_OFFSET = 63 << 20
+STOP_FLAG = b"STOPNOW!"
+FIO = "/usr/bin/fio"
+
+# The guest runs fio in short time-based rounds (random 4-64 KiB writes, 16 in flight, each batch of 16 read back and checked
+# with crc32c), printing each round's JSON, until the host raises the stop flag on the disk itself.
+GUEST_SCRIPT = r"""
+set -u
+i=0; while [ ! -b /dev/sda ]; do i=$((i+1)); [ $i -gt 300 ] && { echo NO-DISK; exit 1; }; sleep 0.1; done
+echo WORKLOAD-START
+r=0
+while :; do
+  r=$((r+1))
+  __FIO__ --name=verify$r --filename=/dev/sda --size=__SIZE__ --direct=1 --ioengine=libaio --iodepth=16 --rw=randwrite \
+      --bsrange=4k-64k --verify=crc32c --verify_backlog=16 --verify_fatal=1 --randseed=$r \
+      --time_based --runtime=__RUNTIME__ --eta=never --output-format=json --output=/tmp/fio.json
+  rc=$?
+  echo "FIO-ROUND $r rc=$rc"
+  echo FIO-JSON-BEGIN; cat /tmp/fio.json; echo; echo FIO-JSON-END
+  [ $rc -ne 0 ] && break
+  flag=$(__DD__ if=/dev/sda bs=4096 skip=__STOPBLK__ count=1 iflag=direct 2>/dev/null | head -c 8)
+  [ "$flag" = "STOPNOW!" ] && break
+  [ $r -ge __MAXROUNDS__ ] && { echo TOO-MANY-ROUNDS; break; }
+done
+echo DMESG-BEGIN; dmesg; echo DMESG-END
+echo WORKLOAD-DONE
+"""
+
+# What must never appear in the guest's kernel log during the workload.
+DMESG_BAD = re.compile(r"I/O error|abort|reset|timed out|timing out|offline|Buffer I/O|blk_update_request|"
+                       r"critical|DID_|hostbyte", re.I)
+
+
+def guest_script(runtime: int = 4, max_rounds: int = 200) -> str:
+    from vhostscsi.guestkit import GNU_DD
+
+    return (GUEST_SCRIPT.replace("__FIO__", FIO).replace("__DD__", GNU_DD).replace("__SIZE__", str(FIO_SIZE))
+            .replace("__RUNTIME__", str(runtime)).replace("__STOPBLK__", str(STOP_OFFSET // 4096))
+            .replace("__MAXROUNDS__", str(max_rounds)))
+
+
+def make_config(workdir: Path) -> tuple[Path, Path]:
+    disk = workdir / "disk0.img"
+    with open(disk, "wb") as f:
+        f.truncate(DISK_SIZE)
+    cfg = Config()
+    so = cfg.add_storage_object(new_storage_object("fileio", "disk0", dev=str(disk), size=DISK_SIZE))
+    cfg.add_target(new_vhost_target(WWN)).tpgs[0].add_lun(so)
+    path = workdir / "saveconfig.json"
+    save_config(cfg, path)
+    return path, disk
+
+
+class Serve:
+    """One `vhostscsi serve` process with its own log file."""
+
+    def __init__(self, workdir: Path, config: Path, n: int, *, env: dict[str, str] | None = None) -> None:
+        self.sockdir = workdir / "run"
+        self.log_path = workdir / f"serve-{n:03d}.log"
+        mutant = os.environ.get("VHOSTSCSI_RESTART_MUTANT")
+        entry = [str(HERE / "mutant_serve.py")] if mutant else ["-m", "vhostscsi"]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, *entry, "serve", "--config", str(config),
+                                          "--socket-dir", str(self.sockdir)],
+                                         stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.started = time.monotonic()
+
+    @property
+    def socket(self) -> Path:
+        return self.sockdir / f"{WWN}.sock"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_log(self, pattern: str, timeout: float) -> float:
+        """Wait for a log line; returns when (monotonic) it was seen. AssertionError on timeout or exit."""
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern)
+        while True:
+            if rx.search(self.log()):
+                return time.monotonic()
+            if self.proc.poll() is not None:
+                raise AssertionError(f"vhostscsi serve exited ({self.proc.returncode}) before {pattern!r}:\n"
+                                     + self.log()[-3000:])
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} in {timeout:.0f}s:\n" + self.log()[-3000:])
+            time.sleep(0.02)
+
+    def stop(self, how: str) -> int:
+        self.proc.send_signal(signal.SIGTERM if how == "term" else signal.SIGKILL)
+        return self.proc.wait(60)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@dataclass
+class FioRound:
+    number: int
+    rc: int
+    error: int
+    reads: int
+    writes: int
+    max_lat_ms: float
+
+
+@dataclass
+class Report:
+    seed: int
+    restarts: dict[str, int] = field(default_factory=lambda: {"term": 0, "kill": 0})
+    resubmitted: int = 0  # requests the new daemons found in flight and ran again
+    longest_gap_s: float = 0.0  # host side: signal to the new daemon's first connection from QEMU
+    rounds: list[FioRound] = field(default_factory=list)
+    verify_errors: int = 0
+    dmesg_bad: list[str] = field(default_factory=list)
+    console_tail: str = ""
+
+    @property
+    def longest_stall_ms(self) -> float:
+        return max((r.max_lat_ms for r in self.rounds), default=0.0)
+
+    def summary(self) -> str:
+        ios = sum(r.reads + r.writes for r in self.rounds)
+        return (f"restarts: {self.restarts['term']} graceful (SIGTERM) + {self.restarts['kill']} SIGKILL "
+                f"(seed {self.seed}); requests resubmitted from the in-flight area: {self.resubmitted}; "
+                f"fio rounds: {len(self.rounds)}, I/Os: {ios}, verify errors: {self.verify_errors}; "
+                f"guest dmesg I/O errors/aborts/resets: {len(self.dmesg_bad)}; "
+                f"longest I/O stall (fio max latency): {self.longest_stall_ms:.0f} ms; "
+                f"longest restart gap (signal -> QEMU reconnected): {self.longest_gap_s * 1000:.0f} ms")
+
+
+def parse_console(text: str, report: Report) -> None:
+    for m in re.finditer(r"FIO-ROUND (\d+) rc=(\d+)\nFIO-JSON-BEGIN\n(.*?)^FIO-JSON-END$", text, re.M | re.S):
+        body = m.group(3)
+        try:
+            job = json.loads(body[body.index("{"):])["jobs"][0]
+        except (ValueError, KeyError, IndexError):
+            report.rounds.append(FioRound(int(m.group(1)), int(m.group(2)), -1, 0, 0, 0.0))
+            continue
+        lat = max(job["read"]["lat_ns"]["max"], job["write"]["lat_ns"]["max"]) / 1e6
+        report.rounds.append(FioRound(int(m.group(1)), int(m.group(2)), int(job["error"]),
+                                      int(job["read"]["total_ios"]), int(job["write"]["total_ios"]), lat))
+    report.verify_errors = sum(1 for r in report.rounds if r.rc or r.error) + len(
+        re.findall(r"verify failed|bad (magic|header|checksum)|verify: ", text, re.I))
+    dmesg = text.split("DMESG-BEGIN", 1)[-1].split("DMESG-END", 1)[0] if "DMESG-BEGIN" in text else ""
+    report.dmesg_bad = [line for line in dmesg.splitlines() if DMESG_BAD.search(line)]
+    report.console_tail = text[-3000:]
+
+
+def restart_plan(graceful: int, kills: int, seed: int) -> list[str]:
+    plan = ["term"] * graceful + ["kill"] * kills
+    random.Random(seed).shuffle(plan)
+    return plan

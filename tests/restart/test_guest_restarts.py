@@ -1,0 +1,104 @@
+"""Restarting and crashing `vhostscsi serve` under a running guest: nothing lost, nothing failed, short stalls.
+
+A Linux guest under QEMU 10 (which reconnects: -chardev socket,...,reconnect-ms=) runs fio with crc32c
+verification of everything it writes, while the host stops the daemon gracefully (SIGTERM) and kills it
+(SIGKILL) at random moments, each time starting a new one on the same socket path. The workload must end with
+no verify error, the guest's kernel log with no I/O error, abort or reset. The longest I/O stall (fio's maximum
+latency) is printed. VHOSTSCSI_RESTART_SEED replays a run; VHOSTSCSI_RESTART_MUTANT breaks it (mutant_serve.py).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import time
+from pathlib import Path
+
+import pytest
+from restart.harness import FIO, STOP_FLAG, STOP_OFFSET, Report, Serve, guest_script, make_config, parse_console, \
+    restart_plan
+from restart.qemu10 import Qemu
+
+from vhostscsi.guestkit import GNU_DD, VIRTIO_SCSI_MODULES, GuestImage, GuestkitError, shared_memory_args, start_guest
+
+pytestmark = pytest.mark.guest
+
+RECONNECT_MS = 200
+
+
+def run_restarts(qemu10: Qemu, workdir: Path, graceful: int, kills: int) -> Report:
+    seed = int(os.environ.get("VHOSTSCSI_RESTART_SEED", time.time_ns() % 1_000_000))
+    report = Report(seed)
+    rng = random.Random(seed)
+    try:
+        img = GuestImage.build(extra_binaries=[FIO, GNU_DD], modules=VIRTIO_SCSI_MODULES, init_script=guest_script())
+    except GuestkitError as e:
+        pytest.skip(str(e))
+    config, disk = make_config(workdir)
+    daemons = [Serve(workdir, config, 0)]
+    daemons[0].wait_log("listening on", 30)
+    args = shared_memory_args(512) + [
+        "-chardev", qemu10.chardev("vus0", daemons[0].socket, RECONNECT_MS),
+        "-device", "vhost-user-scsi-pci,chardev=vus0",
+    ]
+    try:
+        with start_guest(img, args, workdir=workdir / "guest", qemu=qemu10.binary) as g:
+            g.wait_for("WORKLOAD-START", timeout=300)
+            daemons[-1].wait_log("guest driver started", 60)
+            for how in restart_plan(graceful, kills, seed):
+                time.sleep(rng.uniform(0.2, 2.0))  # a random moment of the workload
+                old = daemons[-1]
+                signalled = time.monotonic()
+                rc = old.stop(how)
+                if how == "term":
+                    assert rc == 0, f"SIGTERM: exit {rc}\n{old.log()[-2000:]}"
+                new = Serve(workdir, config, len(daemons))
+                daemons.append(new)
+                reconnected = new.wait_log(r"connected: ", 60)
+                report.longest_gap_s = max(report.longest_gap_s, reconnected - signalled)
+                new.wait_log("guest driver started", 60)
+                report.restarts[how] += 1
+            time.sleep(1.0)  # some I/O on the last daemon, then ask the guest to finish its round and stop
+            fd = os.open(disk, os.O_WRONLY)
+            try:
+                os.pwrite(fd, STOP_FLAG, STOP_OFFSET)
+            finally:
+                os.close(fd)
+            g.wait_for("WORKLOAD-DONE", timeout=180)
+            text = g.wait(60)
+            assert g.exit_code == 0, text[-2000:]
+    finally:
+        for d in daemons:
+            d.kill()
+    logs = [d.log() for d in daemons]
+    report.resubmitted = sum(int(n) for log in logs for n in re.findall(r"resubmitting (\d+) in-flight", log))
+    parse_console(text, report)
+    (workdir / "report.txt").write_text(report.summary() + "\n")
+    for log in logs:
+        assert "Traceback" not in log and "internal error" not in log, log[-3000:]
+    return report
+
+
+def check(report: Report, graceful: int, kills: int) -> None:
+    assert report.restarts == {"term": graceful, "kill": kills}
+    assert report.rounds and all(r.reads and r.writes for r in report.rounds), report.console_tail
+    assert report.verify_errors == 0, report.console_tail
+    assert report.dmesg_bad == [], report.dmesg_bad
+
+
+def test_guest_io_verifies_across_a_few_restarts_and_crashes(qemu10: Qemu, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_restarts(qemu10, tmp_path, graceful=2, kills=2)
+    with capsys.disabled():
+        print(f"\n{report.summary()}")
+    check(report, 2, 2)
+
+
+@pytest.mark.slow
+def test_guest_io_verifies_across_20_restarts_and_20_crashes(qemu10: Qemu, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_restarts(qemu10, tmp_path, graceful=20, kills=20)
+    with capsys.disabled():
+        print(f"\n{report.summary()}")
+    check(report, 20, 20)

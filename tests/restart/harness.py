@@ -71,7 +71,10 @@ def make_config(workdir: Path) -> tuple[Path, Path]:
     with open(disk, "wb") as f:
         f.truncate(DISK_SIZE)
     cfg = Config()
-    so = cfg.add_storage_object(new_storage_object("fileio", "disk0", dev=str(disk), size=DISK_SIZE))
+    # write_back=False: every WRITE is synced (FUA) before it completes, so requests stay in flight long enough for
+    # SIGKILLs to catch some mid-way, and what the guest was told is written is on disk.
+    so = cfg.add_storage_object(new_storage_object("fileio", "disk0", dev=str(disk), size=DISK_SIZE,
+                                                   write_back=False))
     cfg.add_target(new_vhost_target(WWN)).tpgs[0].add_lun(so)
     path = workdir / "saveconfig.json"
     save_config(cfg, path)
@@ -117,13 +120,50 @@ class Serve:
             time.sleep(0.02)
 
     def stop(self, how: str) -> int:
+        """"term": SIGTERM; "kill": SIGKILL now; "busy-kill": SIGKILL the moment it is seen running (state R or D:
+        most likely in the middle of a batch, with requests taken from the ring and not completed)."""
+        if how == "busy-kill":
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline and self._state() not in ("R", "D"):
+                time.sleep(0)
         self.proc.send_signal(signal.SIGTERM if how == "term" else signal.SIGKILL)
         return self.proc.wait(60)
+
+    def _state(self) -> str:
+        try:
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        except OSError:
+            return "?"
+        return stat[stat.rindex(")") + 2]
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def inflight_in_qemu(qemu_pid: int) -> int | None:
+    """Requests marked in flight in the in-flight area QEMU holds for its back end (None: QEMU holds none).
+
+    Read through QEMU's own fd (/proc/PID/fd), with the spec's layout: per queue a 16-byte header (desc_num at
+    offset 10), then 16 bytes per descriptor (inflight flag first), each queue's share rounded up to 64 bytes.
+    """
+    for fd in Path(f"/proc/{qemu_pid}/fd").iterdir():
+        try:
+            if not os.readlink(fd).startswith("/memfd:vhostscsi-inflight"):
+                continue
+            data = fd.read_bytes()
+        except OSError:
+            continue
+        count = off = 0
+        while off + 16 <= len(data):
+            desc_num = int.from_bytes(data[off + 10 : off + 12], "little")
+            if not desc_num:
+                break
+            count += sum(1 for k in range(desc_num) if data[off + 16 + 16 * k])
+            off += (16 + 16 * desc_num + 63) // 64 * 64
+        return count
+    return None
 
 
 @dataclass
@@ -139,8 +179,9 @@ class FioRound:
 @dataclass
 class Report:
     seed: int
-    restarts: dict[str, int] = field(default_factory=lambda: {"term": 0, "kill": 0})
+    restarts: dict[str, int] = field(default_factory=lambda: {"term": 0, "kill": 0, "busy-kill": 0})
     resubmitted: int = 0  # requests the new daemons found in flight and ran again
+    inflight_at_kill: list[int] = field(default_factory=list)  # per SIGKILL, read from QEMU's in-flight area
     longest_gap_s: float = 0.0  # host side: signal to the new daemon's first connection from QEMU
     rounds: list[FioRound] = field(default_factory=list)
     verify_errors: int = 0
@@ -153,8 +194,11 @@ class Report:
 
     def summary(self) -> str:
         ios = sum(r.reads + r.writes for r in self.rounds)
-        return (f"restarts: {self.restarts['term']} graceful (SIGTERM) + {self.restarts['kill']} SIGKILL "
-                f"(seed {self.seed}); requests resubmitted from the in-flight area: {self.resubmitted}; "
+        return (f"restarts: {self.restarts['term']} graceful (SIGTERM) + {self.restarts['kill']} SIGKILL at random "
+                f"+ {self.restarts['busy-kill']} SIGKILL while busy "
+                f"(seed {self.seed}); requests in flight at the SIGKILLs: {sum(self.inflight_at_kill)} "
+                f"({sum(1 for n in self.inflight_at_kill if n)} of {len(self.inflight_at_kill)} kills caught some), "
+                f"resubmitted by the new daemons: {self.resubmitted}; "
                 f"fio rounds: {len(self.rounds)}, I/Os: {ios}, verify errors: {self.verify_errors}; "
                 f"guest dmesg I/O errors/aborts/resets: {len(self.dmesg_bad)}; "
                 f"longest I/O stall (fio max latency): {self.longest_stall_ms:.0f} ms; "
@@ -180,6 +224,7 @@ def parse_console(text: str, report: Report) -> None:
 
 
 def restart_plan(graceful: int, kills: int, seed: int) -> list[str]:
-    plan = ["term"] * graceful + ["kill"] * kills
+    """Shuffled: `graceful` SIGTERMs, `kills` SIGKILLs, half at a random moment, half while the daemon runs."""
+    plan = ["term"] * graceful + ["kill"] * (kills - kills // 2) + ["busy-kill"] * (kills // 2)
     random.Random(seed).shuffle(plan)
     return plan

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from restart.harness import FIO, STOP_FLAG, STOP_OFFSET, Report, Serve, guest_script, make_config, parse_console, \
+from restart.harness import FIO, STOP_FLAG, inflight_in_qemu, STOP_OFFSET, Report, Serve, guest_script, make_config, parse_console, \
     restart_plan
 from restart.qemu10 import Qemu
 
@@ -53,6 +53,10 @@ def run_restarts(qemu10: Qemu, workdir: Path, graceful: int, kills: int) -> Repo
                 rc = old.stop(how)
                 if how == "term":
                     assert rc == 0, f"SIGTERM: exit {rc}\n{old.log()[-2000:]}"
+                else:
+                    n = inflight_in_qemu(g.proc.pid)
+                    assert n is not None, "QEMU holds no in-flight area from the daemon (INFLIGHT_SHMFD not used)"
+                    report.inflight_at_kill.append(n)
                 new = Serve(workdir, config, len(daemons))
                 daemons.append(new)
                 reconnected = new.wait_log(r"connected: ", 60)
@@ -81,10 +85,12 @@ def run_restarts(qemu10: Qemu, workdir: Path, graceful: int, kills: int) -> Repo
 
 
 def check(report: Report, graceful: int, kills: int) -> None:
-    assert report.restarts == {"term": graceful, "kill": kills}
+    assert report.restarts == {"term": graceful, "kill": kills - kills // 2, "busy-kill": kills // 2}
     assert report.rounds and all(r.reads and r.writes for r in report.rounds), report.console_tail
     assert report.verify_errors == 0, report.console_tail
     assert report.dmesg_bad == [], report.dmesg_bad
+    if sum(report.inflight_at_kill):  # the kills that caught requests mid-way: the new daemons ran them
+        assert report.resubmitted > 0
 
 
 def test_guest_io_verifies_across_a_few_restarts_and_crashes(qemu10: Qemu, tmp_path: Path,

@@ -94,6 +94,8 @@ class Result:
     backend_cpu: float = 0.0  # seconds of back-end CPU during the timed window
     backend_sys: float = 0.0  # of which in the kernel (syscalls: eventfds, epoll, preadv/pwritev)
     driver_cpu: float = 0.0  # seconds of CPU all driver processes used
+    kicks: int = 0  # kick eventfd writes by the driver (the back end asked for them: EVENT_IDX)
+    calls: int = 0  # call eventfd signals from the back end (one interrupt each in a real guest)
     latencies_us: list[float] = field(default_factory=list, repr=False)
 
     @property
@@ -122,7 +124,9 @@ class Result:
             "lat_max_us": round(max(self.latencies_us, default=0.0), 1),
             "backend_cpu_s": round(self.backend_cpu, 3), "backend_sys_s": round(self.backend_sys, 3),
             "driver_cpu_s": round(self.driver_cpu, 3),
-            "ios_per_backend_cpu_s": round(self.per_cpu_second, 1),
+            "ios_per_backend_cpu_s": round(self.per_cpu_second, 1), "kicks": self.kicks, "calls": self.calls,
+            "ios_per_kick": round(self.ios / self.kicks, 2) if self.kicks else None,
+            "ios_per_call": round(self.ios / self.calls, 2) if self.calls else None,
         }
 
 
@@ -153,12 +157,27 @@ def _drive(fe: FrontEnd, ram: GuestRam, ring: DriverRing, q: int, slots: list[Sl
         slot.started = perf()
         by_head[ring.add(slot.out, slot.ins)] = slot
 
+    call_fd = fe.rings[q].call
+    kicks = calls = 0
+
+    def wait_call(timeout: float) -> bool:
+        """As FrontEnd.wait_call, but the eventfd counter is kept: it is how many times the back end signalled."""
+        nonlocal calls
+        if not select.select([call_fd], [], [], timeout)[0]:
+            return False
+        try:
+            calls += os.eventfd_read(call_fd)
+        except BlockingIOError:
+            return False
+        return True
+
     os.read(go_fd, 1)  # the parent samples the back end's CPU, then lets every queue go at once
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     for s in slots:
         issue(s)
     fence()
     fe.kick(q)
+    kicks += 1
     t0 = time.perf_counter()
     deadline = t0 + seconds
     stall = None
@@ -166,7 +185,7 @@ def _drive(fe: FrontEnd, ram: GuestRam, ring: DriverRing, q: int, slots: list[Sl
         done = ring.get_used()
         if not done:
             fence()  # used_event (stored by get_used) before re-reading used.idx
-            if ring.used_idx() == ring.last_used and not fe.wait_call(q, 1.0):
+            if ring.used_idx() == ring.last_used and not wait_call(1.0):
                 if ring.used_idx() == ring.last_used:
                     stall = f"queue {q}: no completion for a second (the back end stalled)"
                     break
@@ -182,7 +201,12 @@ def _drive(fe: FrontEnd, ram: GuestRam, ring: DriverRing, q: int, slots: list[Sl
         fence()  # avail.idx (stored) before reading the device's avail_event
         if ring.need_kick():
             fe.kick(q)
+            kicks += 1
     elapsed = time.perf_counter() - t0
+    try:
+        calls += os.eventfd_read(call_fd)  # signals that arrived since the last wait
+    except BlockingIOError:
+        pass
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     # let in-flight requests finish so the back end is idle before the next case is set up
@@ -191,8 +215,9 @@ def _drive(fe: FrontEnd, ram: GuestRam, ring: DriverRing, q: int, slots: list[Sl
         for u in ring.get_used():
             by_head.pop(u.head, None)
         if by_head:
-            fe.wait_call(q, 0.1)
-    return {"ios": ios, "errors": errors, "seconds": elapsed, "cpu": cpu, "lat": lat.tobytes(), "stall": stall}
+            wait_call(0.1)
+    return {"ios": ios, "errors": errors, "seconds": elapsed, "cpu": cpu, "lat": lat.tobytes(), "stall": stall,
+            "kicks": kicks, "calls": calls}
 
 
 def run(socket_path: str | Path, case: Case, *, device: str = "scsi", lun: int = 0, target: int = 1,
@@ -258,6 +283,8 @@ def run(socket_path: str | Path, case: Case, *, device: str = "scsi", lun: int =
             res.ios += int(o["ios"])  # type: ignore[call-overload]
             res.errors += int(o["errors"])  # type: ignore[call-overload]
             res.driver_cpu += float(o["cpu"])  # type: ignore[arg-type]
+            res.kicks += int(o["kicks"])  # type: ignore[call-overload]
+            res.calls += int(o["calls"])  # type: ignore[call-overload]
             res.seconds = max(res.seconds, float(o["seconds"]))  # type: ignore[arg-type]
             lat = array("d")
             lat.frombytes(o["lat"])  # type: ignore[arg-type]

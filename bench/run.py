@@ -92,7 +92,7 @@ def host_matrix(args: argparse.Namespace, work: Path, image: Path, daemon: b.Our
 
 
 HEADER = (f"{'case':<18} {'q':>1} {'backend':<13} {'IOPS':>9} {'MB/s':>8} {'p50us':>7} {'p99us':>7} "
-          f"{'bkCPU%':>6} {'sys%':>4} {'IO/bkCPUs':>9} {'drvCPUs':>7} {'err':>3}")
+          f"{'bkCPU%':>6} {'sys%':>4} {'IO/bkCPUs':>9} {'IO/call':>7} {'drvCPUs':>7} {'err':>3}")
 
 
 def format_row(r: dict[str, object]) -> str:
@@ -102,7 +102,7 @@ def format_row(r: dict[str, object]) -> str:
 
     return (f"{r['case']:<18} {r['queues']:>1} {r['backend']:<13} {num('iops', ',.0f'):>9} {num('mb_s', ',.0f'):>8} "
             f"{num('lat_p50_us', '.0f'):>7} {num('lat_p99_us', '.0f'):>7} {num('backend_cpu_pct', '.0f'):>6} {num('backend_sys_pct', '.0f'):>4} "
-            f"{num('ios_per_backend_cpu_s', ',.0f'):>9} {num('driver_cpu_s', '.2f'):>7} {r.get('errors', '-')!s:>3}")
+            f"{num('ios_per_backend_cpu_s', ',.0f'):>9} {num('ios_per_call', '.1f'):>7} {num('driver_cpu_s', '.2f'):>7} {r.get('errors', '-')!s:>3}")
 
 
 def find(rows: list[dict[str, object]], case: str, backend: str, queues: int = 1) -> dict[str, object] | None:
@@ -161,7 +161,7 @@ def ceilings(args: argparse.Namespace) -> list[dict[str, object]]:
                     "per_cpu_s": int(m[1].replace(",", "")) if m else None, "text": text})
     for c in out:
         v = c["per_cpu_s"]
-        say(f"  {c['layer']:<50} {v:>10,} requests per CPU-second" if v else f"  {c['layer']}: {c.get('text')}")
+        say(f"  {c['layer']:<54} {v:>10,} requests per CPU-second" if v else f"  {c['layer']}: {c.get('text')}")
     return out
 
 
@@ -178,36 +178,45 @@ def guest_part(args: argparse.Namespace, work: Path, image: Path, daemon: b.OurD
 
 
 def profile(args: argparse.Namespace, daemon: b.OurDaemon, work: Path) -> dict[str, object]:
-    """py-spy record (non-blocking sampling) of the daemon while the stand-in runs 4 KiB QD32 ramdisk reads."""
+    """py-spy the daemon while the stand-in runs 4 KiB QD32 ramdisk reads, twice: `--gil` (only samples where
+    the daemon holds the GIL: Python running, the CPU profile) and without (every non-idle sample, including
+    time inside system calls and time spent preempted there: the wall-clock profile)."""
     import profile_stacks
 
     spy = shutil.which("py-spy")
     if spy is None:
         return {"error": "py-spy not installed (pip install py-spy)"}
-    raw = work / "daemon.pyspy.txt"
-    seconds = args.profile
-    p = subprocess.Popen([spy, "record", "--nonblocking", "--format", "raw", "--rate", "200", "--duration",
-                          str(int(seconds)), "--pid", str(daemon.pid), "--output", str(raw)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        time.sleep(0.5)
-        r = d.run(daemon.socket, Case("randread", 4096, 32), lun=b.RAMDISK_LUN, span=args.size,
-                  seconds=seconds + 1, backend_pid=daemon.pid)
-        _, err = p.communicate(timeout=seconds + 30)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    if not raw.exists():
-        return {"error": f"py-spy wrote nothing: {err.decode(errors='replace')[-500:]}"}
-    summary = profile_stacks.summarize(raw.read_text(), top=args.profile_top)
-    summary["device_side"] = device_profile(args)
-    summary["load"] = load()
-    summary["under_load"] = r.summary()
-    keep = Path(args.json).with_suffix(".pyspy.txt")
-    shutil.copyfile(raw, keep)
-    summary["raw"] = str(keep)
-    return summary
+    out: dict[str, object] = {}
+    for mode, extra in (("cpu", ["--gil"]), ("wall", [])):
+        raw = work / f"daemon.{mode}.pyspy.txt"
+        seconds = max(1, int(args.profile))
+        p = subprocess.Popen([spy, "record", "--nonblocking", "--format", "raw", "--rate", "200", *extra,
+                              "--duration", str(seconds), "--pid", str(daemon.pid), "--output", str(raw)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            time.sleep(0.5)
+            r = d.run(daemon.socket, Case("randread", 4096, 32), lun=b.RAMDISK_LUN, span=args.size,
+                      seconds=seconds + 1, backend_pid=daemon.pid)
+            _, err = p.communicate(timeout=seconds + 30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        if not raw.exists():
+            return {"error": f"py-spy wrote nothing: {err.decode(errors='replace')[-500:]}"}
+        summary = profile_stacks.summarize(raw.read_text(), top=args.profile_top if mode == "cpu" else 10)
+        summary["text"] = f"[{mode}: py-spy {' '.join(extra) or '(no --gil)'}] " + str(summary["text"])
+        summary["under_load"] = r.summary()
+        keep = Path(args.json).with_suffix(f".{mode}.pyspy.txt")
+        shutil.copyfile(raw, keep)
+        summary["raw"] = str(keep)
+        if mode == "cpu":
+            out.update(summary)
+        else:
+            out["wall"] = summary
+    out["device_side"] = device_profile(args)
+    out["load"] = load()
+    return out
 
 
 def device_profile(args: argparse.Namespace) -> dict[str, object]:
@@ -336,6 +345,8 @@ def print_summary(result: dict[str, object]) -> None:
     prof = result.get("profile")
     if isinstance(prof, dict):
         say("\n" + prof.get("text", prof.get("error", "")))
+        if isinstance(prof.get("wall"), dict):
+            say("\n" + prof["wall"]["text"])
         if isinstance(prof.get("device_side"), dict):
             say("\n" + prof["device_side"]["text"])
     meta = result["meta"]

@@ -55,6 +55,7 @@ def test_quick_run_prints_table_and_writes_json(tmp_path: Path) -> None:
             assert r["errors"] == 0, r
             assert r["backend_cpu_s"] > 0 and r["ios"] > 0, r
             assert r["lat_p50_us"] <= r["lat_p99_us"], r
+            assert r["calls"] > 0 and r["kicks"] > 0 and r["ios_per_call"] > 0, r
             assert r["case"] in stdout
     bars = {b["bar"]: b for b in data["bars"]}
     assert set(bars) >= {"rd_qd32_per_cpu_s", "seq_read_vs_direct", "guest_vs_builtin", "two_queues_vs_one"}

@@ -9,8 +9,10 @@ libvirtd install creates, so it is run as an unprivileged user (nobody) here.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,9 +118,11 @@ def test_user_engine_domain_becomes_our_qemu_arguments(embed_root: Path) -> None
     proc = domxml_to_native(embed_root, user_engine_domain("/run/vhostscsi"))
     assert proc.returncode == 0, proc.stderr
     argv = proc.stdout
-    expected = run(["qemu-args", WWN, "--no-check", "--engine", "user", "--socket-dir", "/run/vhostscsi",
-                    "--bus", "pci.0", "--addr", "0x6"]).splitlines()[2:]
-    assert " ".join(expected) in argv  # our -chardev and -device, verbatim and in order
+    chardev = run(["qemu-args", WWN, "--no-check", "--engine", "user", "--socket-dir", "/run/vhostscsi",
+                   "--bus", "pci.0", "--addr", "0x6"]).splitlines()[2]
+    device = ('{"driver":"vhost-user-scsi-pci","chardev":"vhostscsi-naa.500140568720f76f",'
+              '"bus":"pci.0","addr":"0x6"}')
+    assert f"{chardev} -device '{device}'" in argv  # our -chardev and -device, verbatim and in order
     assert '"qom-type":"memory-backend-memfd"' in argv and '"share":true' in argv
 
 
@@ -130,3 +134,107 @@ def test_kernel_hostdev_is_accepted_up_to_opening_vhost_scsi(embed_root: Path) -
     assert proc.stderr.strip() == (
         "error: unsupported configuration: vhost-scsi device file '/dev/vhost-scsi' cannot be found"
     )
+
+
+GUEST_SCRIPT = r"""
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/class/scsi_device/0:0:1:0 ] && break; sleep 1; done
+for d in /sys/class/scsi_device/*; do
+  echo "DEV $(basename $d) $(cat $d/device/vendor)|$(cat $d/device/model)|$(cat $d/device/rev)"
+done
+"""
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.guest
+def test_libvirt_runs_the_user_engine_domain_against_the_daemon(embed_root: Path) -> None:
+    """libvirt itself starts QEMU from our XML; the guest finds its disk on `vhostscsi serve`.
+
+    (This caught a real bug: as key=value, the -device in <qemu:commandline> was created before
+    libvirt's own JSON devices and took the balloon's PCI slot, so QEMU refused to start.)
+    """
+    import time
+
+    from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
+    from vhostscsi.config.store import save_config
+    from vhostscsi.guestkit import VIRTIO_SCSI_MODULES, GuestImage, GuestkitError
+
+    try:
+        img = GuestImage.build(embed_root / "img", modules=VIRTIO_SCSI_MODULES, init_script=GUEST_SCRIPT)
+    except GuestkitError as exc:
+        pytest.skip(str(exc))
+    for path in (embed_root / "img", img.initrd):
+        os.chmod(path, 0o755)
+    (embed_root / "etc").mkdir(mode=0o777)
+    os.chmod(embed_root / "etc", 0o777)  # libvirt (unprivileged) makes etc/qemu in it
+    (embed_root / "etc" / "qemu.conf").write_text('stdio_handler = "file"\n')  # no virtlogd here
+    image = embed_root / "disk0.img"
+    image.write_bytes(b"")
+    os.truncate(image, 64 << 20)
+    cfg = Config()
+    disk = cfg.add_storage_object(new_storage_object("fileio", "disk0", dev=str(image), size=64 << 20))
+    cfg.add_target(new_vhost_target(WWN)).tpgs[0].add_lun(disk)
+    config = embed_root / "saveconfig.json"
+    save_config(cfg, config)
+    sockets = embed_root / "sockets"
+    fragment = run(["libvirt-xml", WWN, "--engine", "user", "--config", str(config), "--socket-dir", str(sockets)])
+    _, rest = fragment.split("\n", 1)
+    backing, commandline = rest.split("</memoryBacking>\n")
+    console = embed_root / "console.txt"
+    xml = (f"<domain type='qemu' xmlns:qemu='{QEMU_NS}'>\n  <name>vhostscsi-test</name>\n"
+           "  <memory unit='KiB'>262144</memory>\n" + backing + "</memoryBacking>\n"
+           f"  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{img.kernel}</kernel>"
+           f"<initrd>{img.initrd}</initrd><cmdline>console=ttyS0 quiet loglevel=0 panic=-1</cmdline></os>\n"
+           "  <on_poweroff>destroy</on_poweroff>\n"
+           f"  <devices><serial type='file'><source path='{console}'/></serial></devices>\n"
+           + commandline + "</domain>\n")
+    domain_file = embed_root / "domain.xml"
+    domain_file.write_text(xml)
+    os.chmod(domain_file, 0o644)
+
+    daemon = subprocess.Popen([sys.executable, "-m", "vhostscsi", "serve", "--config", str(config),
+                               "--socket-dir", str(sockets)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    virsh = None
+    try:
+        deadline = time.monotonic() + 30
+        while not (sockets / f"{WWN}.sock").is_socket():
+            assert daemon.poll() is None and time.monotonic() < deadline, "daemon did not create its socket"
+            time.sleep(0.1)
+        os.chmod(sockets, 0o755)
+        os.chmod(sockets / f"{WWN}.sock", 0o666)  # QEMU runs as the unprivileged user
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(embed_root),
+               "XDG_RUNTIME_DIR": str(embed_root), "LC_ALL": "C"}
+        virsh = subprocess.Popen(prefix + ["virsh", "-q", "-c", f"qemu:///embed?root={embed_root}"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        assert virsh.stdin is not None
+        virsh.stdin.write(f"define {domain_file}\nstart vhostscsi-test\n".encode())
+        virsh.stdin.flush()
+        deadline = time.monotonic() + 120
+        while "GUESTKIT-EXIT" not in (console.read_text(errors="replace") if console.exists() else ""):
+            if virsh.poll() is not None or time.monotonic() > deadline:
+                out, _ = virsh.communicate(b"quit\n", timeout=60)
+                pytest.fail(f"the guest did not finish; virsh said: {out.decode(errors='replace')[-2000:]}")
+            time.sleep(0.5)
+        virsh.stdin.write(b"destroy vhostscsi-test\nquit\n")
+        virsh.stdin.flush()
+        virsh.wait(timeout=60)
+    finally:
+        if virsh is not None and virsh.poll() is None:
+            _stop(virsh)
+        pid_file = embed_root / "run" / "qemu" / "vhostscsi-test.pid"
+        if pid_file.exists():  # the QEMU libvirt started, if it outlived virsh
+            try:
+                os.kill(int(pid_file.read_text().strip()), 9)
+            except (ProcessLookupError, ValueError):
+                pass
+        _stop(daemon)
+    text = console.read_text(errors="replace").replace("\r\n", "\n")
+    assert re.findall(r"^DEV (.*)$", text, re.M) == ["0:0:1:0 LIO-ORG |disk0           |4.0 "], text[-2000:]

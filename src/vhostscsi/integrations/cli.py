@@ -142,7 +142,7 @@ def libvirt_xml(opts: argparse.Namespace) -> str:
         socket_dir = opts.socket_dir or default_socket_dir()
         device_args: list[str] = []
         for wwn in opts.wwns:
-            device_args += qemu.user_device_args(wwn, socket_for(socket_dir, wwn), pci)
+            device_args += qemu.user_device_args(wwn, socket_for(socket_dir, wwn), pci, json_device=True)
         qemu.check_memory(opts.memory)  # libvirt takes the size from <memory>; still refuse nonsense
         return libvirt.user_engine_xml(" ".join(opts.wwns), device_args)
     address: str | None = None

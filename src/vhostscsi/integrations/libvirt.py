@@ -18,8 +18,8 @@ QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
 
 
 def attr(value: str) -> str:
-    """A value safe inside single quotes."""
-    return escape(value, {"'": "&apos;", '"': "&quot;"})
+    """A value safe inside single quotes (double quotes, as in JSON, stay readable)."""
+    return escape(value, {"'": "&apos;"})
 
 
 def pci_address(pci: PciSlot) -> str:

@@ -9,6 +9,7 @@ building so the output can be compared byte for byte with the seed document.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,12 +140,21 @@ def memory_backend_args(memory: str) -> list[str]:
     ]
 
 
-def user_device_args(wwn: str, socket: Path, pci: PciSlot) -> list[str]:
-    """The chardev and vhost-user-scsi-pci device for one target served by our daemon."""
+def user_device_args(wwn: str, socket: Path, pci: PciSlot, *, json_device: bool = False) -> list[str]:
+    """The chardev and vhost-user-scsi-pci device for one target served by our daemon.
+
+    ``json_device`` writes the device in QEMU's JSON syntax, for libvirt: libvirt passes its own
+    devices as JSON with fixed PCI slots, and QEMU 7.2 creates key=value devices before JSON ones,
+    so a key=value device without an address takes a slot libvirt has already handed out (the
+    balloon's slot 2: "PCI: slot 2 function 0 not available"). As JSON it comes last, in order.
+    """
     cid = chardev_id(wwn)
-    return [
-        "-chardev",
-        f"socket,id={cid},path={qemu_option_value(str(socket))}",
-        "-device",
-        f"vhost-user-scsi-pci,chardev={cid}{pci.qemu_suffix()}",
-    ]
+    chardev = ["-chardev", f"socket,id={cid},path={qemu_option_value(str(socket))}"]
+    if not json_device:
+        return chardev + ["-device", f"vhost-user-scsi-pci,chardev={cid}{pci.qemu_suffix()}"]
+    device: dict[str, str] = {"driver": "vhost-user-scsi-pci", "chardev": cid}
+    if pci.bus is not None:
+        device["bus"] = pci.bus
+    if pci.addr_text is not None:
+        device["addr"] = pci.addr_text
+    return chardev + ["-device", json.dumps(device, separators=(",", ":"))]

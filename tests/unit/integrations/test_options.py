@@ -72,14 +72,14 @@ def test_user_engine_libvirt_xml(tmp_path: Path) -> None:
         "  <qemu:arg value='-chardev'/>\n"
         f"  <qemu:arg value='socket,id=vhostscsi-{WWN},path={tmp_path}/{WWN}.sock'/>\n"
         "  <qemu:arg value='-device'/>\n"
-        f"  <qemu:arg value='vhost-user-scsi-pci,chardev=vhostscsi-{WWN}'/>\n"
+        f"  <qemu:arg value='{{\"driver\":\"vhost-user-scsi-pci\",\"chardev\":\"vhostscsi-{WWN}\"}}'/>\n"
         "</qemu:commandline>\n"
     )
 
 
 def test_xml_attribute_escaping() -> None:
     assert libvirt.qemu_commandline_xml(["a'<&>\""]) == (
-        "<qemu:commandline>\n  <qemu:arg value='a&apos;&lt;&amp;&gt;&quot;'/>\n</qemu:commandline>\n"
+        "<qemu:commandline>\n  <qemu:arg value='a&apos;&lt;&amp;&gt;\"'/>\n</qemu:commandline>\n"
     )
 
 

@@ -298,7 +298,7 @@ def test_luns_added_and_removed_live_reach_the_guest(served: Served, guest) -> N
     init.wait_any(1, timeout=10)
     assert init.read_event(gpas[1]) == (vs.T_TRANSPORT_RESET, bytes([1, 1, 0, 0, 0, 0, 0, 0]), vs.EVT_RESET_REMOVED)
     r = init.command(INQUIRY, lun=0, data_in_len=96)
-    assert r.data[0] == 0x7F  # gone
+    assert r.data[0] >> 5 != 0 and r.data[0] & 0x1F == 0x1F  # gone: LIO's virtual LUN 0, nothing connected
     assert init.command(INQUIRY, lun=3, data_in_len=96).data[0] == 0  # the other stays
     served.wait_log(r"tpg1 lun0 removed")
 
@@ -351,13 +351,22 @@ def test_sigterm_drains_queued_io_flushes_and_exits_0(served: Served) -> None:
     ram.close()
 
 
-def test_startup_errors_are_one_line(tmp_path: Path) -> None:
-    bad = tmp_path / "saveconfig.json"
-    bad.write_text("[1, 2")
-    proc = subprocess.run([sys.executable, "-m", "vhostscsi", "serve", "--config", str(bad), "--socket-dir",
-                           str(tmp_path / "run")], capture_output=True, text=True, timeout=30)
+@pytest.mark.parametrize("case", ["bad-json", "dir-is-a-file", "dir-too-long"])
+def test_startup_errors_are_one_line(tmp_path: Path, case: str) -> None:
+    config = make_config(tmp_path)
+    sockdir = tmp_path / "run"
+    expected = {"bad-json": "not valid JSON", "dir-is-a-file": "exists and is not a directory",
+                "dir-too-long": "too long for unix socket paths"}[case]
+    if case == "bad-json":
+        config.write_text("[1, 2")
+    elif case == "dir-is-a-file":
+        sockdir.write_text("")
+    else:
+        sockdir = tmp_path / ("d" * 100)
+    proc = subprocess.run([sys.executable, "-m", "vhostscsi", "serve", "--config", str(config), "--socket-dir",
+                           str(sockdir)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1
-    assert proc.stderr.count("\n") == 1 and "not valid JSON" in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and expected in proc.stderr, proc.stderr
 
 
 def test_a_socket_served_by_another_daemon_is_not_stolen(served: Served, guest) -> None:

@@ -21,9 +21,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="vhostscsi serve",
         description="Serve every vhost target of the saved configuration to QEMU guests (vhost-user-scsi-pci).",
     )
-    p.add_argument("--config", type=Path, default=None,
+    p.add_argument("--config", type=Path, default=None, metavar="PATH",
                    help=f"saved configuration (default: {default_config_path()})")
-    p.add_argument("--socket-dir", type=Path, default=None,
+    p.add_argument("--socket-dir", type=Path, default=None, metavar="DIR",
                    help=f"where <wwn>.sock sockets are created (default: {default_socket_dir()})")
     p.add_argument("-v", "--verbose", action="store_true", help="log every vhost-user message")
     return p.parse_args(argv)

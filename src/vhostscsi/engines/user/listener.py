@@ -19,14 +19,22 @@ class ListenerError(Exception):
     """A socket could not be set up; the message is one line for the administrator."""
 
 
+# sun_path holds 108 bytes with its NUL; a vhost WWN socket name is "naa." + 16 hex digits + ".sock".
+MAX_SOCKET_PATH = 107
+WWN_SOCKET_NAME = len("naa.0123456789abcdef.sock")
+
+
 def prepare_socket_dir(directory: Path) -> None:
     """Create the socket directory (0700 when we create it: the sockets give access to disks)."""
+    if len(os.fsencode(directory)) + 1 + WWN_SOCKET_NAME > MAX_SOCKET_PATH:
+        raise ListenerError(f"socket directory {directory} is too long for unix socket paths "
+                            f"(at most {MAX_SOCKET_PATH - 1 - WWN_SOCKET_NAME} bytes); choose a shorter --socket-dir")
+    if directory.exists() and not directory.is_dir():
+        raise ListenerError(f"socket directory {directory} exists and is not a directory")
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as e:
         raise ListenerError(f"cannot create socket directory {directory}: {e.strerror}") from None
-    if not directory.is_dir():
-        raise ListenerError(f"socket directory {directory} exists and is not a directory")
 
 
 def _remove_stale(path: Path) -> None:

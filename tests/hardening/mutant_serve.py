@@ -20,7 +20,17 @@ def apply(spec: str) -> None:
         src = f.read()
     if src.count(old) != 1:
         raise SystemExit(f"mutation site found {src.count(old)} times in {mod_name}")
+    before = dict(vars(mod))
     exec(compile(src.replace(old, new), mod.__file__, "exec"), mod.__dict__)
+    # names other modules already imported from it (package re-exports) must see the mutant too
+    swapped = {id(obj): vars(mod)[name] for name, obj in before.items()
+               if isinstance(obj, type) or callable(obj) and getattr(obj, "__module__", None) == mod_name}
+    for other in list(sys.modules.values()):
+        if other is None or other is mod:
+            continue
+        for name, obj in list(vars(other).items()):
+            if id(obj) in swapped:
+                setattr(other, name, swapped[id(obj)])
 
 
 if __name__ == "__main__":

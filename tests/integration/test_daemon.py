@@ -508,3 +508,51 @@ def test_a_new_call_fd_is_signalled_once(served: Served, guest) -> None:
     os.close(old_call)
     assert fe.wait_call(2, 5.0)
     assert init.command(INQUIRY, data_in_len=96).status == 0  # and completions keep coming on the new fd
+
+
+def test_socket_activation_keeps_the_socket_across_restarts(tmp_path: Path) -> None:
+    """A supervisor (systemd .socket unit; here tests/restart/socket_activate.py) holds the listening socket:
+    the daemon serves it, never unlinks it, and a guest connecting between two daemons is served by the next."""
+    config = make_config(tmp_path)
+    sockdir = tmp_path / "run"
+    sockdir.mkdir()
+    path = sockdir / f"{WWN}.sock"
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(str(path))
+    lsock.listen(4)
+    activate = Path(__file__).parents[1] / "restart" / "socket_activate.py"
+    log_path = tmp_path / "serve.log"
+
+    def serve() -> subprocess.Popen[bytes]:
+        with open(log_path, "ab") as log:
+            return subprocess.Popen(
+                [sys.executable, str(activate), str(lsock.fileno()), sys.executable, "-m", "vhostscsi", "serve",
+                 "--config", str(config), "--socket-dir", str(sockdir)],
+                stdout=log, stderr=subprocess.STDOUT, pass_fds=[lsock.fileno()])
+
+    daemon = serve()
+    try:
+        fe = FrontEnd.connect(str(path), timeout=20)
+        ram = GuestRam(16 << 20, regions=2)
+        init = ScsiInitiator(fe, ram, queue_size=64)
+        init.start()
+        assert init.command(INQUIRY, data_in_len=96).status == 0
+        fe.close()
+        ram.close()
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(20) == 0
+        assert "(inherited)" in log_path.read_text()
+        assert path.exists()  # the supervisor's socket file stays
+        fe = FrontEnd.connect(str(path), timeout=20)  # no daemon now: waits in the backlog
+        daemon = serve()
+        ram = GuestRam(16 << 20, regions=2)
+        init = ScsiInitiator(fe, ram, queue_size=64)
+        init.start()
+        assert init.command(INQUIRY, data_in_len=96).status == 0
+        fe.close()
+        ram.close()
+    finally:
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(20)
+        lsock.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 from vhostscsi.engines.user.connection import Connection
 from vhostscsi.engines.user.listener import Listener, bind_listener, peer_of
 from vhostscsi.engines.user.loop import PRIO_ACCEPT, EventLoop
+from vhostscsi.engines.user.restart import log_restart_note, take_inherited
 from vhostscsi.scsi import TargetPort
 
 log = logging.getLogger("vhostscsi.serve")
@@ -31,10 +32,11 @@ class TargetService:
         self._listener: Listener | None = None
 
     def start(self) -> None:
-        """Bind the socket (raises ListenerError with a one-line reason)."""
-        self._listener = bind_listener(self.path)
+        """Take the socket a supervisor passed us (socket activation), else bind it (ListenerError: one line)."""
+        inherited = take_inherited(self.path)
+        self._listener = inherited or bind_listener(self.path)
         self.loop.add_reader(self._listener.fileno(), self._on_accept, PRIO_ACCEPT)
-        log.info("%s: listening on %s", self.wwn, self.path)
+        log.info("%s: listening on %s%s", self.wwn, self.path, " (inherited)" if inherited else "")
 
     def _on_accept(self) -> None:
         assert self._listener is not None
@@ -52,6 +54,7 @@ class TargetService:
             return
         self.connections_served += 1
         log.info("%s: connected: %s", self.wwn, peer)
+        log_restart_note(self.wwn, peer.pid, self.path)
         self.connection = Connection(self.loop, sock, peer, self.wwn, self.ports, self.nexus, self._closed)
 
     def _closed(self, conn: Connection) -> None:

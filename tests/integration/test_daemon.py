@@ -133,6 +133,18 @@ def guest(served: Served) -> Iterator[tuple[FrontEnd, GuestRam, ScsiInitiator]]:
         ram.close()
 
 
+def inquire(fe: FrontEnd) -> None:
+    """Bring a connection up as QEMU does, check one INQUIRY is answered, hang up."""
+    ram = GuestRam(16 << 20, regions=2)
+    try:
+        init = ScsiInitiator(fe, ram, queue_size=64)
+        init.start()
+        assert init.command(INQUIRY, data_in_len=96).status == 0
+    finally:
+        fe.close()
+        ram.close()
+
+
 def memfd_maps(pid: int) -> int:
     return sum("vhostscsi-guest-ram" in line for line in Path(f"/proc/{pid}/maps").read_text().splitlines())
 
@@ -532,25 +544,14 @@ def test_socket_activation_keeps_the_socket_across_restarts(tmp_path: Path) -> N
 
     daemon = serve()
     try:
-        fe = FrontEnd.connect(str(path), timeout=20)
-        ram = GuestRam(16 << 20, regions=2)
-        init = ScsiInitiator(fe, ram, queue_size=64)
-        init.start()
-        assert init.command(INQUIRY, data_in_len=96).status == 0
-        fe.close()
-        ram.close()
+        inquire(FrontEnd.connect(str(path), timeout=20))
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(20) == 0
         assert "(inherited)" in log_path.read_text()
         assert path.exists()  # the supervisor's socket file stays
         fe = FrontEnd.connect(str(path), timeout=20)  # no daemon now: waits in the backlog
         daemon = serve()
-        ram = GuestRam(16 << 20, regions=2)
-        init = ScsiInitiator(fe, ram, queue_size=64)
-        init.start()
-        assert init.command(INQUIRY, data_in_len=96).status == 0
-        fe.close()
-        ram.close()
+        inquire(fe)
     finally:
         if daemon.poll() is None:
             daemon.send_signal(signal.SIGTERM)

@@ -22,6 +22,7 @@ die() { say "$*"; exit 1; }
 works() {
     [ -x "$WRAPPER" ] || return 1
     "$WRAPPER" --version 2>/dev/null | grep -q 'version 10\.' || return 1
+    grep -q QEMU_MODULE_DIR "$WRAPPER" || return 1
     # Machine init loads the BIOS and option ROMs: a missing firmware file fails here, not in a test.
     printf 'quit\n' | timeout 30 "$WRAPPER" -M pc -accel tcg -nodefaults -display none -monitor stdio -S \
         >/dev/null 2>&1
@@ -84,7 +85,10 @@ cat >"$WRAPPER" <<SH
 #!/bin/sh
 # QEMU 10 from $SUITE, unpacked by tests/restart/install_qemu10.sh (the system QEMU is left alone).
 LD_LIBRARY_PATH=$PREFIX/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}
-export LD_LIBRARY_PATH
+# Its own loadable modules first. Modules it lacks (GUI ones) are still tried in the system 7.2 dir and refused
+# with a harmless "Only modules from the same build can be loaded" on stderr.
+QEMU_MODULE_DIR=$PREFIX/usr/lib/x86_64-linux-gnu/qemu
+export LD_LIBRARY_PATH QEMU_MODULE_DIR
 exec "$BIN" -L "$PREFIX/usr/share/qemu" -L "$PREFIX/usr/share/seabios" "\$@"
 SH
 chmod 755 "$WRAPPER"

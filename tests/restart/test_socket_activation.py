@@ -6,12 +6,12 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from vhostscsi.engines.user.restart import (
-    NO_RECONNECT_NOTE,
     InheritedSockets,
     listen_fds,
     reconnects,
@@ -99,4 +99,40 @@ def test_reconnect_is_read_from_the_chardev_of_this_socket(tmp_path: Path, args:
 
 def test_restart_note_for_a_process_that_is_no_qemu(tmp_path: Path) -> None:
     assert restart_note(os.getpid(), tmp_path / "x.sock") is None
-    assert "7.2" in NO_RECONNECT_NOTE and "docs/restart.md" in NO_RECONNECT_NOTE
+
+
+@pytest.mark.parametrize("which, reconnect, survives, says", [
+    ("system", False, False, "cannot reconnect"),
+    ("qemu10", False, False, "without reconnect-ms="),
+    ("qemu10", True, True, "reconnects"),
+])
+def test_restart_note_for_real_qemu_processes(request: pytest.FixtureRequest, tmp_path: Path, which: str,
+                                               reconnect: bool, survives: bool, says: str) -> None:
+    """A real QEMU (Debian 12's 7.2, or QEMU 10 beside it) with a chardev on the socket, as the peer."""
+    import shutil
+
+    binary = shutil.which("qemu-system-x86_64") if which == "system" else request.getfixturevalue("qemu10").binary
+    if binary is None:
+        pytest.skip("no qemu-system-x86_64")
+    sock = tmp_path / "t.sock"
+    chardev = f"socket,id=c0,path={sock},server=on,wait=off" + (",reconnect-ms=1000" if reconnect else "")
+    if reconnect:  # a client chardev (as for vhost-user) needs someone listening
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(sock))
+        listener.listen(1)
+        chardev = f"socket,id=c0,path={sock},reconnect-ms=1000"
+    proc = subprocess.Popen([binary, "-M", "none", "-display", "none", "-S", "-chardev", chardev],
+                            stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        note = None
+        for _ in range(100):
+            note = restart_note(proc.pid, sock)  # None while the wrapper script has not exec'd QEMU yet
+            if note is not None:
+                break
+            time.sleep(0.05)
+        assert note is not None and note[0] is survives and says in note[1], note
+        if not survives:
+            assert "docs/restart.md" in note[1]
+    finally:
+        proc.kill()
+        proc.wait()

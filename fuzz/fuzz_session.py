@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """atheris: raw bytes -> vhost-user stream (with real fds) -> Decoder -> Session, as the daemon's connection.
 
 Input layout: byte 0 says which fds may ride (bit 0: memfds of guest RAM whose contents are the input's tail,

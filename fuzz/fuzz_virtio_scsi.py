@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """atheris: bytes -> requests, control messages and event buffers on real rings in guarded memory ->
 VirtioScsi -> SCSI core -> range-checked fileio/ramdisk backstores (tests/hardening/test_fuzz_virtio_scsi.py's
 checks: no exception, no internal error, no access outside a LUN, guard pages intact, write-protected LUN intact).

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """atheris: bytes -> ring layout (descriptor table, avail ring, indirect tables) -> SplitVirtqueue, checked
 against the reference walker of tests/hardening/test_fuzz_virtqueue.py (exact views, errors, guard pages)."""
 

@@ -199,7 +199,9 @@ class Connection:
                 if a.enabled and ring.started:
                     ring.serve(self.device)
             elif isinstance(a, MemoryChanged):
-                log.debug("%s: memory table: %s", self.label, a.memory)
+                regions = a.memory.regions
+                log.debug("%s: memory table: %d region(s), %d MiB", self.label, len(regions),
+                          sum(r.size for r in regions) >> 20)
         self._log_driver_state()
 
     def _set_kick(self, index: int, fd: int | None) -> None:

@@ -43,17 +43,17 @@ class Daemon:
     # ---- lifecycle --------------------------------------------------------------------------------------------
     def start(self, *, signals: bool = True) -> None:
         """Apply the configuration once (raises ConfigError/ListenerError when it cannot even start)."""
+        if signals:  # first, so that a stop requested while starting is a clean stop, not a kill
+            self.loop.add_signal_handler(signal.SIGHUP, lambda _s: self.reload("SIGHUP"))
+            self.loop.add_signal_handler(signal.SIGTERM, lambda s: self._request_stop(s))
+            self.loop.add_signal_handler(signal.SIGINT, lambda s: self._request_stop(s))
         prepare_socket_dir(self.socket_dir)
-        changed, stamp = self.watch.changed()
+        _, stamp = self.watch.changed()
         cfg = load_config(self.config_path)
         self.watch.mark_applied(stamp)
         self.apply(cfg)
         if not self.targets:
             log.warning("no vhost targets in %s yet; waiting for one to be created", self.config_path)
-        if signals:
-            self.loop.add_signal_handler(signal.SIGHUP, lambda _s: self.reload("SIGHUP"))
-            self.loop.add_signal_handler(signal.SIGTERM, lambda s: self._request_stop(s))
-            self.loop.add_signal_handler(signal.SIGINT, lambda s: self._request_stop(s))
         self.loop.call_later(self.watch_interval, self._poll_config)
         self.started = True
 

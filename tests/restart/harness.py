@@ -12,6 +12,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -81,19 +82,31 @@ def make_config(workdir: Path) -> tuple[Path, Path]:
     return path, disk
 
 
-class Serve:
-    """One `vhostscsi serve` process with its own log file."""
+def hold_socket(workdir: Path) -> socket.socket:
+    """What a systemd .socket unit does: bind and listen on the target's socket path, for every daemon to come."""
+    sockdir = workdir / "run"
+    sockdir.mkdir(mode=0o700, exist_ok=True)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(sockdir / f"{WWN}.sock"))
+    s.listen(16)
+    return s
 
-    def __init__(self, workdir: Path, config: Path, n: int, *, env: dict[str, str] | None = None) -> None:
+
+class Serve:
+    """One `vhostscsi serve` process with its own log file; `listen`: started with that socket (LISTEN_FDS)."""
+
+    def __init__(self, workdir: Path, config: Path, n: int, *, listen: socket.socket | None = None) -> None:
         self.sockdir = workdir / "run"
         self.log_path = workdir / f"serve-{n:03d}.log"
         mutant = os.environ.get("VHOSTSCSI_RESTART_MUTANT")
         entry = [str(HERE / "mutant_serve.py")] if mutant else ["-m", "vhostscsi"]
+        cmd = [sys.executable, *entry, "serve", "--config", str(config), "--socket-dir", str(self.sockdir)]
+        fds: tuple[int, ...] = ()
+        if listen is not None:
+            fds = (listen.fileno(),)
+            cmd = [sys.executable, str(HERE / "socket_activate.py"), str(listen.fileno()), *cmd]
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, *entry, "serve", "--config", str(config),
-                                          "--socket-dir", str(self.sockdir)],
-                                         stdout=log, stderr=subprocess.STDOUT, env=env)
-        self.started = time.monotonic()
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, pass_fds=fds)
 
     @property
     def socket(self) -> Path:
@@ -179,6 +192,7 @@ class FioRound:
 @dataclass
 class Report:
     seed: int
+    mode: str
     restarts: dict[str, int] = field(default_factory=lambda: {"term": 0, "kill": 0, "busy-kill": 0})
     resubmitted: int = 0  # requests the new daemons found in flight and ran again
     inflight_at_kill: list[int] = field(default_factory=list)  # per SIGKILL, read from QEMU's in-flight area
@@ -194,7 +208,7 @@ class Report:
 
     def summary(self) -> str:
         ios = sum(r.reads + r.writes for r in self.rounds)
-        return (f"restarts: {self.restarts['term']} graceful (SIGTERM) + {self.restarts['kill']} SIGKILL at random "
+        return (f"[{self.mode}] restarts: {self.restarts['term']} graceful (SIGTERM) + {self.restarts['kill']} SIGKILL at random "
                 f"+ {self.restarts['busy-kill']} SIGKILL while busy "
                 f"(seed {self.seed}); requests in flight at the SIGKILLs: {sum(self.inflight_at_kill)} "
                 f"({sum(1 for n in self.inflight_at_kill if n)} of {len(self.inflight_at_kill)} kills caught some), "

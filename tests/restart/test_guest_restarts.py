@@ -16,8 +16,19 @@ import time
 from pathlib import Path
 
 import pytest
-from restart.harness import FIO, STOP_FLAG, inflight_in_qemu, STOP_OFFSET, Report, Serve, guest_script, make_config, parse_console, \
-    restart_plan
+from restart.harness import (
+    FIO,
+    STOP_FLAG,
+    STOP_OFFSET,
+    Report,
+    Serve,
+    guest_script,
+    hold_socket,
+    inflight_in_qemu,
+    make_config,
+    parse_console,
+    restart_plan,
+)
 from restart.qemu10 import Qemu
 
 from vhostscsi.guestkit import GNU_DD, VIRTIO_SCSI_MODULES, GuestImage, GuestkitError, shared_memory_args, start_guest
@@ -27,16 +38,24 @@ pytestmark = pytest.mark.guest
 RECONNECT_MS = 200
 
 
-def run_restarts(qemu10: Qemu, workdir: Path, graceful: int, kills: int) -> Report:
+MODES = {
+    "bind": "each daemon binds the socket itself (plain `vhostscsi serve` restarts)",
+    "activation": "the socket is held across restarts (socket activation, LISTEN_FDS); for a graceful restart the "
+                  "new daemon is started first and the old one stopped once the new one listens",
+}
+
+
+def run_restarts(qemu10: Qemu, workdir: Path, graceful: int, kills: int, mode: str = "bind") -> Report:
     seed = int(os.environ.get("VHOSTSCSI_RESTART_SEED", time.time_ns() % 1_000_000))
-    report = Report(seed)
+    report = Report(seed, mode)
     rng = random.Random(seed)
     try:
         img = GuestImage.build(extra_binaries=[FIO, GNU_DD], modules=VIRTIO_SCSI_MODULES, init_script=guest_script())
     except GuestkitError as e:
         pytest.skip(str(e))
     config, disk = make_config(workdir)
-    daemons = [Serve(workdir, config, 0)]
+    held = hold_socket(workdir) if mode == "activation" else None
+    daemons = [Serve(workdir, config, 0, listen=held)]
     daemons[0].wait_log("listening on", 30)
     args = shared_memory_args(512) + [
         "-chardev", qemu10.chardev("vus0", daemons[0].socket, RECONNECT_MS),
@@ -49,6 +68,9 @@ def run_restarts(qemu10: Qemu, workdir: Path, graceful: int, kills: int) -> Repo
             for how in restart_plan(graceful, kills, seed):
                 time.sleep(rng.uniform(0.2, 2.0))  # a random moment of the workload
                 old = daemons[-1]
+                if held is not None and how == "term":  # hand-over: the new daemon is ready before the old stops
+                    new = Serve(workdir, config, len(daemons), listen=held)
+                    new.wait_log("listening on", 60)
                 signalled = time.monotonic()
                 rc = old.stop(how)
                 if how == "term":
@@ -57,7 +79,8 @@ def run_restarts(qemu10: Qemu, workdir: Path, graceful: int, kills: int) -> Repo
                     n = inflight_in_qemu(g.proc.pid)
                     assert n is not None, "QEMU holds no in-flight area from the daemon (INFLIGHT_SHMFD not used)"
                     report.inflight_at_kill.append(n)
-                new = Serve(workdir, config, len(daemons))
+                if held is None or how != "term":
+                    new = Serve(workdir, config, len(daemons), listen=held)
                 daemons.append(new)
                 reconnected = new.wait_log(r"connected: ", 60)
                 report.longest_gap_s = max(report.longest_gap_s, reconnected - signalled)
@@ -75,12 +98,16 @@ def run_restarts(qemu10: Qemu, workdir: Path, graceful: int, kills: int) -> Repo
     finally:
         for d in daemons:
             d.kill()
+        if held is not None:
+            held.close()
     logs = [d.log() for d in daemons]
     report.resubmitted = sum(int(n) for log in logs for n in re.findall(r"resubmitting (\d+) in-flight", log))
     parse_console(text, report)
     (workdir / "report.txt").write_text(report.summary() + "\n")
     for log in logs:
         assert "Traceback" not in log and "internal error" not in log, log[-3000:]
+        if held is not None:
+            assert re.search(r"listening on \S+ \(inherited\)", log), log[-2000:]
     return report
 
 
@@ -93,18 +120,20 @@ def check(report: Report, graceful: int, kills: int) -> None:
         assert report.resubmitted > 0
 
 
-def test_guest_io_verifies_across_a_few_restarts_and_crashes(qemu10: Qemu, tmp_path: Path,
+@pytest.mark.parametrize("mode", MODES)
+def test_guest_io_verifies_across_a_few_restarts_and_crashes(qemu10: Qemu, tmp_path: Path, mode: str,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    report = run_restarts(qemu10, tmp_path, graceful=2, kills=2)
+    report = run_restarts(qemu10, tmp_path, graceful=2, kills=2, mode=mode)
     with capsys.disabled():
         print(f"\n{report.summary()}")
     check(report, 2, 2)
 
 
 @pytest.mark.slow
-def test_guest_io_verifies_across_20_restarts_and_20_crashes(qemu10: Qemu, tmp_path: Path,
+@pytest.mark.parametrize("mode", MODES)
+def test_guest_io_verifies_across_20_restarts_and_20_crashes(qemu10: Qemu, tmp_path: Path, mode: str,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    report = run_restarts(qemu10, tmp_path, graceful=20, kills=20)
+    report = run_restarts(qemu10, tmp_path, graceful=20, kills=20, mode=mode)
     with capsys.disabled():
         print(f"\n{report.summary()}")
     check(report, 20, 20)

@@ -2,7 +2,8 @@
 
 Needs a QEMU whose vhost-user-scsi reconnects to a restarted back end (`-chardev socket,...,reconnect-ms=`,
 QEMU 8.2 and later; Debian 12's 7.2 cannot): set VHOSTSCSI_QEMU to its binary (for example Debian's
-bookworm-backports qemu-system-x86 10.0), or have one first on PATH. The guest writes, reads back and compares
+bookworm-backports qemu-system-x86 10.0), or unpack one into /opt/qemu10 (tests/restart/install_qemu10.sh), or
+have one first on PATH. The guest writes, reads back and compares
 a fresh random block every 0.3 s while the daemon is stopped and started twice; every round must pass, with
 no error and no hang.
 """
@@ -40,24 +41,30 @@ done
 """
 
 
-def reconnecting_qemu() -> tuple[str, list[str]]:
-    """(binary, extra -L args) of a QEMU that can reconnect vhost-user-scsi, or skip saying how to get one."""
-    qemu = os.environ.get("VHOSTSCSI_QEMU") or shutil.which("qemu-system-x86_64")
+OPT_QEMU = "/opt/qemu10/bin/qemu-system-x86_64"
+
+
+def reconnecting_qemu() -> tuple[str, list[str], str]:
+    """(binary, extra -L args, -chardev reconnect option) of a QEMU that can reconnect vhost-user-scsi, or skip
+    saying how to get one."""
+    qemu = (os.environ.get("VHOSTSCSI_QEMU") or (OPT_QEMU if os.access(OPT_QEMU, os.X_OK) else None)
+            or shutil.which("qemu-system-x86_64"))
     if not qemu:
         pytest.skip("no qemu-system-x86_64")
     out = subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout
     m = re.search(r"version (\d+)\.(\d+)", out)
-    if not m or (int(m.group(1)), int(m.group(2))) < (8, 2):
+    version = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    if version < (8, 2):
         pytest.skip(f"{qemu} is {out.splitlines()[0] if out else '?'}: vhost-user-scsi reconnect needs QEMU 8.2+ "
                     "(set VHOSTSCSI_QEMU, e.g. to bookworm-backports' qemu-system-x86_64)")
     # A QEMU unpacked outside /usr (dpkg -x) finds its firmware next to it.
     share = Path(qemu).resolve().parents[1] / "share"
     extra = [a for d in ("qemu", "seabios") if (share / d).is_dir() for a in ("-L", str(share / d))]
-    return qemu, extra
+    return qemu, extra, "reconnect-ms=200" if version >= (9, 2) else "reconnect=1"
 
 
 def test_guest_io_survives_daemon_restart_and_crash(tmp_path: Path) -> None:
-    qemu, extra = reconnecting_qemu()
+    qemu, extra, reconnect = reconnecting_qemu()
     try:
         img = GuestImage.build(extra_binaries=[GNU_DD], modules=VIRTIO_SCSI_MODULES, init_script=SCRIPT)
     except GuestkitError as e:
@@ -84,7 +91,7 @@ def test_guest_io_survives_daemon_restart_and_crash(tmp_path: Path) -> None:
 
     daemon = serve()
     args = extra + shared_memory_args(512) + [
-        "-chardev", f"socket,id=vus0,path={sock},reconnect-ms=200",
+        "-chardev", f"socket,id=vus0,path={sock},{reconnect}",
         "-device", "vhost-user-scsi-pci,chardev=vus0",
     ]
     try:

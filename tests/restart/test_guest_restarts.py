@@ -120,20 +120,22 @@ def check(report: Report, graceful: int, kills: int) -> None:
         assert report.resubmitted > 0
 
 
+def restarts_verified(qemu10: Qemu, workdir: Path, mode: str, capsys: pytest.CaptureFixture[str], n: int) -> None:
+    """n graceful restarts and n SIGKILLs under the fio workload; prints the figures, checks the outcome."""
+    report = run_restarts(qemu10, workdir, graceful=n, kills=n, mode=mode)
+    with capsys.disabled():
+        print(f"\n{report.summary()}")
+    check(report, n, n)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_guest_io_verifies_across_a_few_restarts_and_crashes(qemu10: Qemu, tmp_path: Path, mode: str,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    report = run_restarts(qemu10, tmp_path, graceful=2, kills=2, mode=mode)
-    with capsys.disabled():
-        print(f"\n{report.summary()}")
-    check(report, 2, 2)
+    restarts_verified(qemu10, tmp_path, mode, capsys, 2)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_guest_io_verifies_across_20_restarts_and_20_crashes(qemu10: Qemu, tmp_path: Path, mode: str,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    report = run_restarts(qemu10, tmp_path, graceful=20, kills=20, mode=mode)
-    with capsys.disabled():
-        print(f"\n{report.summary()}")
-    check(report, 20, 20)
+    restarts_verified(qemu10, tmp_path, mode, capsys, 20)

@@ -158,7 +158,7 @@ def reconnects(cmdline: list[str], socket_path: Path) -> bool | None:
             cmdline[i + 1] if arg in ("-chardev", "--chardev") and i + 1 < len(cmdline) else None)
         if spec is None or not spec.startswith("socket"):
             continue
-        opts = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in spec.split(",")[1:])
+        opts = {k: v for k, _, v in (kv.partition("=") for kv in spec.split(",")[1:])}
         if "path" not in opts or _key(Path(opts["path"])) != want:
             continue
         value = opts.get("reconnect-ms", opts.get("reconnect", "0"))

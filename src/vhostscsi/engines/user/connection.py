@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import struct
 from typing import Callable, Mapping
 
 from vhostscsi.engines.user.listener import Peer
@@ -33,8 +32,6 @@ from vhostscsi.vhost_user.session import (
 )
 from vhostscsi.virtio.scsi import EVENT_QUEUE, FIRST_REQUEST_QUEUE, VirtioScsi
 
-_EVENT = struct.Struct("<I8sI")
-
 log = logging.getLogger("vhostscsi.serve")
 
 # Control + event queue + up to 16 request queues. QEMU asks (GET_QUEUE_NUM) and refuses to start a device with
@@ -43,28 +40,6 @@ MAX_REQUEST_QUEUES = 16
 RECV_SIZE = 65536
 SEND_TIMEOUT = 5.0
 STATE_LOG_DELAY = 0.3
-
-
-def event_lun_bytes(target: int, lun: int) -> bytes:
-    """The LUN field of an *event*: the flat-space bit only from LUN 256 up, as vhost-scsi and QEMU send it.
-
-    Linux's virtio_scsi decodes an event's LUN as ``lun[2] << 8 | lun[3]`` and hands that number to
-    scsi_add_device/scsi_device_lookup, so the request encoding (0x40 in byte 2 always) would make it add LUN
-    0x4001 instead of LUN 1 and never find the LUN to remove.
-    """
-    return bytes((1, target & 0xFF, (0x40 | (lun >> 8)) if lun >= 256 else 0, lun & 0xFF, 0, 0, 0, 0))
-
-
-class _VirtioScsi(VirtioScsi):
-    """Workaround until vhostscsi.virtio.scsi encodes event LUNs like vhost-scsi (see event_lun_bytes)."""
-
-    def _post(self, event: int, target: int, lun: int, reason: int) -> int:
-        if len(self.pending_events) >= self.max_pending_events:
-            self.pending_events.popleft()
-            self.events_missed = True
-        self.pending_events.append(_EVENT.pack(event, event_lun_bytes(target, lun), reason))
-        vq = self.queues[EVENT_QUEUE]
-        return self._deliver_events(vq) if vq is not None else 0
 
 
 def _identity(fd: int) -> tuple[int, int] | None:
@@ -109,7 +84,7 @@ class Connection:
         self.label = label
         self._on_closed = on_closed
         self.session = Session(num_queues=FIRST_REQUEST_QUEUE + MAX_REQUEST_QUEUES)
-        self.device = _VirtioScsi(ports, nexus)
+        self.device = VirtioScsi(ports, nexus)
         self.rings = [RingIO(i, label) for i in range(self.session.num_queues)]
         self.decoder = Decoder()
         self.closed = False

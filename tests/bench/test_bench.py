@@ -93,7 +93,8 @@ def test_guest_part_runs(tmp_path: Path) -> None:
         pytest.skip(str(e))
     if not shutil.which("fio"):
         pytest.skip("fio is not installed (the guest runs the host's fio)")
-    data, stdout = _run(tmp_path, "--guest", "yes", "--guest-seconds", "1", "--no-qsd", "--queues", "1", timeout=900)
+    data, stdout = _run(tmp_path, "--guest", "yes", "--guest-seconds", "1", "--guest-rounds", "1", "--no-qsd", "--queues", "1",
+                        timeout=900)
     g = data["guest"]
     assert set(g["ratio"]) == set(g["ours"]) == set(g["qemu_builtin"]) and g["ratio"]
     assert all(_finite(v) and v > 0 for v in g["ratio"].values())

@@ -8,6 +8,7 @@ applies the same break in-process for the unit tests. Names:
   head-order    in-flight requests are resubmitted by descriptor number, not in the order they were taken
   no-repair     a push torn between used.idx and the in-flight area is not repaired (replays a completed request)
   no-resubmit   the new daemon skips the recovered requests (they are neither run nor left in the ring)
+  no-note       the daemon does not say what a restart means for the guest that connected
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 
 from vhostscsi.virtio import inflight, scsi
 
-MUTANTS = ("no-record", "head-order", "no-repair", "no-resubmit")
+MUTANTS = ("no-record", "head-order", "no-repair", "no-resubmit", "no-note")
 
 
 def apply(name: str) -> None:
@@ -36,6 +37,10 @@ def apply(name: str) -> None:
         inflight.InflightQueue.recover = no_repair  # type: ignore[method-assign]
     elif name == "no-resubmit":
         scsi.VirtioScsi.resubmit = lambda self, index, chains: 0  # type: ignore[method-assign]
+    elif name == "no-note":
+        from vhostscsi.engines.user import target
+
+        target.log_restart_note = lambda label, pid, path: None  # type: ignore[assignment]
 
 
 if __name__ == "__main__":

@@ -104,6 +104,7 @@ def run_restarts(qemu10: Qemu, workdir: Path, graceful: int, kills: int, mode: s
     report.resubmitted = sum(int(n) for log in logs for n in re.findall(r"resubmitting (\d+) in-flight", log))
     parse_console(text, report)
     (workdir / "report.txt").write_text(report.summary() + "\n")
+    assert "reconnects: the daemon can be restarted or upgraded under this guest" in logs[0], logs[0][-2000:]
     for log in logs:
         assert "Traceback" not in log and "internal error" not in log, log[-3000:]
         if held is not None:

@@ -119,6 +119,8 @@ def check(report: Report, graceful: int, kills: int) -> None:
     assert report.dmesg_bad == [], report.dmesg_bad
     if sum(report.inflight_at_kill):  # the kills that caught requests mid-way: the new daemons ran them
         assert report.resubmitted > 0
+    if kills >= 10:  # ten kills while busy never all land between requests: the area must have recorded some
+        assert sum(report.inflight_at_kill) > 0, report.inflight_at_kill
 
 
 def restarts_verified(qemu10: Qemu, workdir: Path, mode: str, capsys: pytest.CaptureFixture[str], n: int) -> None:

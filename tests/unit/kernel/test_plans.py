@@ -44,6 +44,7 @@ def all_ours() -> Ledger:
                          f"{TPG}/acls/{NEXUS}/lun_0", f"{TPG}/acls/{NEXUS}/lun_1"})
 
 
+# The ACL's LUNs are mapped 1 then 0: LIO lists the newest mapping first (REPORT LUNS 0, 1).
 APPLY_FROM_EMPTY = """\
 mkdir R/core/fileio_0
 mkdir R/core/fileio_0/disk0
@@ -66,12 +67,12 @@ ln -s R/core/fileio_0/disk0 R/vhost/naa.500140568720f76f/tpgt_1/lun/lun_0/a08824
 mkdir R/vhost/naa.500140568720f76f/tpgt_1/lun/lun_1
 ln -s R/core/rd_mcp_0/rd0 R/vhost/naa.500140568720f76f/tpgt_1/lun/lun_1/b08824829b
 mkdir R/vhost/naa.500140568720f76f/tpgt_1/acls/naa.5001405aaaaaaaaa
-mkdir R/vhost/naa.500140568720f76f/tpgt_1/acls/naa.5001405aaaaaaaaa/lun_0
-ln -s R/vhost/naa.500140568720f76f/tpgt_1/lun/lun_0 R/vhost/naa.500140568720f76f/tpgt_1/acls/naa.5001405aaaaaaaaa/lun_0/a08824829b
-printf '%s' 0 > R/vhost/naa.500140568720f76f/tpgt_1/acls/naa.5001405aaaaaaaaa/lun_0/write_protect
 mkdir R/vhost/naa.500140568720f76f/tpgt_1/acls/naa.5001405aaaaaaaaa/lun_1
 ln -s R/vhost/naa.500140568720f76f/tpgt_1/lun/lun_1 R/vhost/naa.500140568720f76f/tpgt_1/acls/naa.5001405aaaaaaaaa/lun_1/b08824829b
 printf '%s' 1 > R/vhost/naa.500140568720f76f/tpgt_1/acls/naa.5001405aaaaaaaaa/lun_1/write_protect
+mkdir R/vhost/naa.500140568720f76f/tpgt_1/acls/naa.5001405aaaaaaaaa/lun_0
+ln -s R/vhost/naa.500140568720f76f/tpgt_1/lun/lun_0 R/vhost/naa.500140568720f76f/tpgt_1/acls/naa.5001405aaaaaaaaa/lun_0/a08824829b
+printf '%s' 0 > R/vhost/naa.500140568720f76f/tpgt_1/acls/naa.5001405aaaaaaaaa/lun_0/write_protect
 printf '%s' naa.5001405aaaaaaaaa > R/vhost/naa.500140568720f76f/tpgt_1/nexus
 """
 
@@ -269,8 +270,48 @@ def test_comma_in_a_file_name_is_refused() -> None:
         desired_state(cfg)
 
 
+def test_new_acl_maps_its_luns_in_descending_order(tmp_path: Path) -> None:
+    """LIO lists the newest mapping first: 2, 1, 0 mapped is REPORT LUNS 0, 1, 2, as targetcli's demo mode."""
+    from vhostscsi.config.model import new_storage_object
+
+    cfg = two_luns()
+    extra = cfg.add_storage_object(new_storage_object("ramdisk", "rd1", size=1 << 20, wwn=RD_SERIAL[:-1] + "c"))
+    cfg.targets[0].tpgs[0].add_lun(extra).alias = "c08824829b"
+    plan = plan_apply(desired_state(cfg), Configfs(empty_lio(tmp_path)), Ledger(None))
+    acl = f"{TPG}/acls/{NEXUS}"
+    assert [op.path for op in plan.ops if op.kind == "mkdir" and op.path.startswith(acl)] == [
+        acl, f"{acl}/lun_2", f"{acl}/lun_1", f"{acl}/lun_0"]
+    tpg_luns = [op.path for op in plan.ops if op.kind == "mkdir" and op.path.startswith(f"{TPG}/lun/")]
+    assert tpg_luns == [f"{TPG}/lun/lun_0", f"{TPG}/lun/lun_1", f"{TPG}/lun/lun_2"]  # before any mapping
+
+
+def test_new_nexus_acl_is_mapped_in_descending_order(tmp_path: Path) -> None:
+    """A new nexus with write protection: the new ACL's LUNs are all mapped afresh, 1 then 0."""
+    cfg = two_luns()
+    cfg.targets[0].tpgs[0].nexus_wwn = "naa.5001405ccccccccc"
+    acl = f"{TPG}/acls/naa.5001405ccccccccc"
+    assert plan_text(applied_lio(tmp_path), cfg, all_ours()) == f"""\
+{OFFLINE_ALL}mkdir R/{TPG}/lun/lun_0
+ln -s R/core/fileio_0/disk0 R/{TPG}/lun/lun_0/a08824829b
+mkdir R/{TPG}/lun/lun_1
+ln -s R/core/rd_mcp_0/rd0 R/{TPG}/lun/lun_1/b08824829b
+mkdir R/{acl}
+mkdir R/{acl}/lun_1
+ln -s R/{TPG}/lun/lun_1 R/{acl}/lun_1/b08824829b
+printf '%s' 1 > R/{acl}/lun_1/write_protect
+mkdir R/{acl}/lun_0
+ln -s R/{TPG}/lun/lun_0 R/{acl}/lun_0/a08824829b
+printf '%s' 0 > R/{acl}/lun_0/write_protect
+printf '%s' naa.5001405ccccccccc > R/{TPG}/nexus
+"""
+
+
 def test_new_lun_is_also_mapped_in_the_nexus_acl(tmp_path: Path) -> None:
-    """With an explicit ACL the nexus sees only mapped LUNs: a new LUN must be mapped too."""
+    """With an explicit ACL the nexus sees only mapped LUNs: a new LUN must be mapped too.
+
+    Only the new LUN is mapped: LIO will list it first (2, 0, 1), and the mapped LUNs 0 and 1 of
+    the live nexus are not remapped to restore ascending order (see Planner.ensure_acl).
+    """
     from vhostscsi.config.model import new_storage_object
 
     cfg = two_luns()
@@ -285,3 +326,4 @@ ln -s R/{TPG}/lun/lun_2 R/{TPG}/acls/{NEXUS}/lun_2/c08824829b
 printf '%s' 0 > R/{TPG}/acls/{NEXUS}/lun_2/write_protect
 """)
     assert text.startswith("mkdir R/core/rd_mcp_1\nmkdir R/core/rd_mcp_1/rd1\n")
+    assert "rmdir" not in text and "rm " not in text

@@ -9,7 +9,8 @@ The planner reads (through ``Configfs``) and decides; it never writes. Its rules
   is ours, together with the LUN links that point at it; LIO cannot change it in place;
 * order: removals (mapped LUNs, LUNs, ACLs, TPGs, targets, devices, HBAs), then devices with
   their attributes, then targets, TPGs, LUN links, ACLs and finally the nexus, so a guest never
-  sees a LUN whose device is half configured.
+  sees a LUN whose device is half configured; an ACL's LUNs are mapped highest index first, so
+  LIO's REPORT LUNS lists them ascending (see ``Planner.ensure_acl``).
 
 Clearing is applying an empty configuration. The same pass yields the ``status`` report.
 """
@@ -359,10 +360,27 @@ class Planner:
         self.plan.note(state, f"{want.path} nexus {want.nexus} ({luns})")
 
     def ensure_acl(self, want: DesiredTpg, existing: CurrentTpg | None, name: str) -> None:
+        """The nexus ACL and its mapped LUNs, new ones mapped in descending index order.
+
+        LIO lists an initiator's LUNs in REPORT LUNS newest mapping first (each mapping goes to
+        the head of the ACL's list), so mapping 2, 1, 0 makes the guest see 0, 1, 2: what plain
+        targetcli (a demo-mode ACL, built from the TPG's LUNs at login) and our user engine
+        report. Mapping ascending would list 2, 1, 0.
+
+        A LUN added later to an existing ACL is listed first (3, 0, 1, 2): LIO cannot reorder
+        the list, and keeping it ascending would mean unmapping and remapping every LUN mapped
+        before it. That is not done: on a live nexus each remapped LUN vanishes from the guest's
+        session for a moment (commands in flight on it fail, the guest gets REPORTED LUNS DATA
+        HAS CHANGED and may rescan), all for an order SPC does not require (initiators, Linux
+        included, probe every listed LUN whatever the order). The next time the ACL is built
+        from scratch (a new nexus, ``clear`` then ``apply``, a reboot) the order is ascending.
+        Likewise LUNs remapped together (a rebuilt device) are listed ascending, ahead of the
+        ones left in place.
+        """
         acl = f"{want.path}/acls/{name}"
         if existing is None or name not in existing.acls or acl in self.removed:
             self.op("mkdir", acl)
-        for lun in want.luns:
+        for lun in sorted(want.luns, key=lambda lun: lun.index, reverse=True):
             mapped = f"{acl}/lun_{lun.index}"
             if mapped in self.removed or not self.fs.is_dir(mapped):
                 self.op("mkdir", mapped)

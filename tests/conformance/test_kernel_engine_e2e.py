@@ -53,24 +53,33 @@ def test_kernel_engine_target_answers_like_the_capture(tmp_path: Path) -> None:
     luns = ",".join(str(lun.lun) for lun in LUNS)
     script = HOST_ROOT + (
         "mount -t tmpfs run /host/run\n"
+        # one /run in both roots: the dbroot path below is resolved here (writing dbroot), in the
+        # chroot (the engine), and in whichever root LIO's PR metadata writes run in
+        "mkdir -p /run; mount --bind /host/run /run\n"
         "mkdir -p /host/run/e2e; cp /e2e/* /host/run/e2e/\n"
-        # LIO keeps PR metadata under its db_root, <dbroot>/pr, and fails PR OUT without it
-        # (targetcli's package creates /etc/target; the host's read-only root here has none):
-        # point db_root at a writable directory before the engine creates any device.
+        # Workaround, kept on purpose: LIO keeps PR metadata in <db_root>/pr and fails every PR OUT
+        # without it. `kernel apply` makes that directory, but db_root here is /var/target (the
+        # host has no /etc/target when target_core_mod loads) on the host's read-only 9p root,
+        # where apply would stop with an error. So db_root goes to a writable directory, before
+        # any device exists (LIO refuses a change after), and the engine makes `pr` itself: the
+        # PR OUT cases passing prove its step.
         "chroot /host modprobe target_core_mod; mount -t configfs configfs /sys/kernel/config 2>/dev/null\n"
-        # (the path is resolved both from here, writing dbroot, and in the chrooted client's
-        # context when LIO writes PR metadata: make it in both roots)
-        "mkdir -p /run/target/pr /host/run/target/pr; echo /run/target > /sys/kernel/config/target/dbroot\n"
-        "echo \"@@DBROOT $(cat /sys/kernel/config/target/dbroot)\"\n"
+        "echo \"@@DBROOT-DEFAULT $(cat /sys/kernel/config/target/dbroot)\"\n"
+        "mkdir -p /run/target; echo /run/target > /sys/kernel/config/target/dbroot\n"
+        "echo \"@@DBROOT $(cat /sys/kernel/config/target/dbroot) pr-before=$(ls -d /run/target/pr 2>&1)\"\n"
         "cp /vhost_client.py /cases.json /host/tmp/\n"
         f"chroot /host env PYTHONDONTWRITEBYTECODE=1 {sys.executable} -m vhostscsi kernel apply "
         "--config /run/e2e/saveconfig.json; echo \"@@APPLY rc=$?\"\n"
+        "echo \"@@PR $(chroot /host stat -c %A /run/target/pr)\"\n"
         f"chroot /host {sys.executable} /tmp/vhost_client.py {TARGET_WWN} {TPG_TAG} /tmp/cases.json {luns}\n"
+        "echo \"@@PRFILES $(ls /run/target/pr | tr '\\n' ' ')\"\n"
     )
     img = GuestImage.build(None, modules=HOST_ROOT_MODULES, init_script=script, extra_files=files,
                            kernel=kernel.vmlinuz)
     console = boot_guest(img, host_root_args(), timeout=600, workdir=tmp_path / "guest")
     assert "@@APPLY rc=0" in console, console[-3000:]
+    assert re.search(r"^@@DBROOT /run/target pr-before=.*No such file", console, re.M), console[-3000:]
+    assert re.search(r"^@@PR drwx------\r?$", console, re.M), console[-3000:]  # made by the engine
     got = {}
     for line in re.findall(r"^@@VHOST (.*)$", console, re.M):
         item = json.loads(line)
@@ -90,3 +99,4 @@ def test_kernel_engine_target_answers_like_the_capture(tmp_path: Path) -> None:
         if bad:
             diffs.append(f"{case.name}: " + "; ".join(bad))
     assert not diffs, f"{len(diffs)} of {len(WANTED)} cases differ from the capture:\n" + "\n".join(diffs)
+    assert re.search(r"^@@PRFILES .*aptpl_", console, re.M), console[-3000:]  # LIO wrote PR metadata there

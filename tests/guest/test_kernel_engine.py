@@ -4,8 +4,10 @@ The guest mounts the host's root read-only over 9p and chroots into it, so it ru
 Python and this very checkout; the kernel engine then loads LIO's modules, mounts configfs and
 writes it for real. (The cloud kernel has no 9p; packing Python into an initramfs would be a
 second, divergent install.) The checks are the seed's configfs screens, idempotence, removal of a
-LUN and of a storage object, write protection through the nexus ACL, and that objects made by
-someone else survive `clear`. With the real /dev/vhost-scsi present, it also checks that QEMU takes
+LUN and of a storage object, write protection through the nexus ACL, that objects made by
+someone else survive `clear`, and LIO's PR metadata directory (<db_root>/pr): a clear error where
+apply cannot make it (the default db_root on the read-only 9p root), made mode 0700 once db_root
+points at a writable directory. With the real /dev/vhost-scsi present, it also checks that QEMU takes
 `qemu-args` output and that libvirt (`virsh domxml-to-native` on the embedded QEMU driver, run as
 nobody) turns `libvirt-xml` output into QEMU's vhost-scsi-pci device.
 """
@@ -75,11 +77,18 @@ V="@PYTHON@ -m vhostscsi kernel"
 D=@DIR@
 step() { echo "=== $1"; }
 step modules-before; ls /sys/module | grep -E '^(target_core_mod|target_core_file|target_core_iblock|vhost_scsi)$' || true
-step foreign
+step dbroot-default
 modprobe target_core_mod; mount -t configfs configfs /sys/kernel/config
+cat @T@/dbroot
+$V apply --dry-run --config $D/one-lun.json | grep '^mkdir -p'
+$V apply --config $D/one-lun.json; echo "rc=$?"; ls @T@/core/
+step dbroot
+mkdir -p /run/target && echo /run/target > @T@/dbroot && cat @T@/dbroot
+step foreign
 mkdir -p @T@/core/rd_mcp_7/foreign && printf rd_pages=16 > @T@/core/rd_mcp_7/foreign/control && printf 1 > @T@/core/rd_mcp_7/foreign/enable && echo made
 step loop; modprobe loop; truncate -s 32M /run/blk.img && losetup /dev/loop0 /run/blk.img && echo ready
 step apply1; timeout 300 $V apply --config $D/three-luns.json; echo "rc=$?"
+step pr; stat -c %A /run/target/pr
 step modules-after; ls /sys/module | grep -E '^(target_core_mod|target_core_file|target_core_iblock|vhost_scsi)$'
 step luns1; ls @TPG@/lun/
 step iblock; cat @T@/core/iblock_0/blk0/info
@@ -149,8 +158,25 @@ def test_kernel_apply_in_a_real_lio(tmp_path: Path) -> None:
     assert "end" in s, console[-3000:]
 
     assert s["modules-before"] == ""  # the engine itself loads LIO
+    # LIO's PR metadata directory, <db_root>/pr: with the default db_root (/var/target: the host
+    # has no /etc/target) on the read-only 9p root, apply cannot make it and stops before any change
+    default = "/etc/target" if os.path.isdir("/etc/target") else "/var/target"
+    if not os.path.isdir(f"{default}/pr"):
+        assert s["dbroot-default"].splitlines() == [
+            default,
+            f"mkdir -p -m 0700 {default}/pr",
+            f"vhostscsi kernel: error: cannot create {default}/pr (Read-only file system), where LIO keeps "
+            "persistent-reservation metadata (without it every PERSISTENT RESERVE OUT fails): make it "
+            "writable, or, while LIO has no storage object yet, point it at a writable directory: "
+            f"mkdir -p /var/lib/target && echo /var/lib/target > {T}/dbroot",
+            "rc=1",
+            "alua",
+        ], s["dbroot-default"]
+    assert s["dbroot"] == "/run/target"  # a writable db_root, taken while LIO has no device
     assert s["foreign"].endswith("made")
     assert s["apply1"].endswith("rc=0"), s["apply1"]
+    assert "create    /run/target/pr (LIO's persistent-reservation metadata)" in s["apply1"]
+    assert s["pr"] == "drwx------"  # made by apply
     assert s["modules-after"].split() == ["target_core_file", "target_core_iblock", "target_core_mod",
                                           "vhost_scsi"]
     assert s["loop"] == "ready"

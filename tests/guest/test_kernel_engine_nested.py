@@ -46,6 +46,10 @@ for d in proc sys dev; do mount --bind /$d /mnt/$d; done
 mount -t tmpfs run /mnt/run
 cat > /mnt/run/steps.sh <<'STEPS'
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin PYTHONDONTWRITEBYTECODE=1
+# LIO's PR metadata lives in <db_root>/pr, which apply makes: the default db_root (/var/target)
+# is on the read-only 9p root, so point it at a writable directory while LIO has no device
+modprobe target_core_mod; mount -t configfs configfs /sys/kernel/config 2>/dev/null
+mkdir -p /run/target && echo /run/target > /sys/kernel/config/target/dbroot
 @PYTHON@ -m vhostscsi kernel apply --config @DIR@/config.json; echo "apply rc=$?"
 A=$(@PYTHON@ -m vhostscsi qemu-args @WWN@ --config @DIR@/config.json --bus pci.0 --addr 0x5)
 echo "ARGS $A"

@@ -129,3 +129,100 @@ def test_new_devices_are_configured_before_anything_exports_them() -> None:
     assert first_stage(ops) == ops[:4]
     only_attributes = [Op("write", "core/fileio_0/disk0/attrib/emulate_tpu", "1"), ops[4], ops[5]]
     assert first_stage(only_attributes) == only_attributes
+
+
+# LIO's persistent-reservation metadata directory, <dbroot>/pr (dbroot read from configfs)
+def with_dbroot(root: Path, dbroot: Path) -> Path:
+    (root / "dbroot").write_text(f"{dbroot}\n")
+    return root
+
+
+def test_dry_run_shows_the_pr_directory_first_and_makes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dbroot = tmp_path / "etc" / "target"
+    root = with_dbroot(empty_lio(tmp_path / "target"), dbroot)
+    rc = main(["kernel", "apply", "--dry-run", "--config", str(saved(tmp_path, two_luns())),
+               "--configfs", str(root), "--ledger", str(tmp_path / "owned.json")])
+    assert rc == 0
+    assert capsys.readouterr().out == f"mkdir -p -m 0700 {dbroot}/pr\n" + APPLY_FROM_EMPTY.replace("R/", f"{root}/")
+    assert not (tmp_path / "etc").exists()
+
+
+def test_dry_run_with_the_pr_directory_in_place_has_no_mkdir(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dbroot = tmp_path / "dbroot"
+    (dbroot / "pr").mkdir(parents=True)
+    root = with_dbroot(empty_lio(tmp_path / "target"), dbroot)
+    main(["kernel", "apply", "--dry-run", "--config", str(saved(tmp_path, two_luns())),
+          "--configfs", str(root), "--ledger", str(tmp_path / "owned.json")])
+    assert capsys.readouterr().out == APPLY_FROM_EMPTY.replace("R/", f"{root}/")
+
+
+def test_apply_makes_the_pr_directory_mode_0700(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Even when configfs needs no change; made once, then left alone (and not in the ledger)."""
+    dbroot = tmp_path / "var" / "target"  # LIO's default when /etc/target is absent: not there either
+    root = with_dbroot(applied_lio(tmp_path / "target"), dbroot)
+    ledger = all_ours()
+    ledger.path = tmp_path / "owned.json"
+    ledger.save()
+    argv = ["kernel", "apply", "--config", str(saved(tmp_path, two_luns())), "--configfs", str(root),
+            "--ledger", str(ledger.path)]
+    old = os.umask(0o022)
+    try:
+        assert main(argv) == 0
+    finally:
+        os.umask(old)
+    assert capsys.readouterr().out == (f"create    {dbroot}/pr (LIO's persistent-reservation metadata)\n"
+                                       "nothing to do: LIO matches the configuration\n")
+    assert (dbroot / "pr").is_dir() and (dbroot / "pr").stat().st_mode & 0o7777 == 0o700
+    assert main(argv) == 0
+    assert capsys.readouterr().out == "nothing to do: LIO matches the configuration\n"
+    assert str(dbroot) not in ledger.path.read_text()
+
+
+def test_unwritable_pr_directory_is_one_line_and_changes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A read-only root (simulated: the tests run as root, which mode bits do not stop)."""
+    import errno
+
+    from vhostscsi.engines.kernel import configfs
+
+    def read_only(path: object, mode: int = 0o777, exist_ok: bool = False) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(configfs.os, "makedirs", read_only)
+    root = with_dbroot(empty_lio(tmp_path / "target"), Path("/var/target"))
+    before = snapshot(root)
+    ledger = tmp_path / "owned.json"
+    assert main(["kernel", "apply", "--config", str(saved(tmp_path, two_luns())), "--configfs", str(root),
+                 "--ledger", str(ledger)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "vhostscsi kernel: error: cannot create /var/target/pr (Read-only file system), where LIO keeps "
+        "persistent-reservation metadata (without it every PERSISTENT RESERVE OUT fails): make it writable, "
+        "or, while LIO has no storage object yet, point it at a writable directory: "
+        f"mkdir -p /var/lib/target && echo /var/lib/target > {root}/dbroot\n")
+    assert snapshot(root) == before and not ledger.exists()
+
+
+def test_no_storage_no_pr_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vhostscsi.config.model import Config
+
+    root = with_dbroot(empty_lio(tmp_path / "target"), tmp_path / "dbroot")
+    assert main(["kernel", "apply", "--config", str(saved(tmp_path, Config())), "--configfs", str(root),
+                 "--ledger", str(tmp_path / "owned.json")]) == 0
+    assert not (tmp_path / "dbroot").exists()
+
+
+def test_dry_run_before_lio_is_loaded_reads_dbroot_in_the_shell(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from vhostscsi.engines.kernel import cli
+    from vhostscsi.engines.kernel.desired import desired_state
+
+    absent = tmp_path / "sys" / "kernel" / "config" / "target"
+    monkeypatch.setattr(cli, "DEFAULT_ROOT", absent)
+    opts = argparse.Namespace(configfs=absent, dry_run=True)
+    assert cli.ensure_pr_directory(opts, desired_state(one_lun())) == [f'mkdir -p -m 0700 "$(cat {absent}/dbroot)/pr"']

@@ -9,12 +9,23 @@ it can print and test byte for byte, and removal limited to its own objects.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import NoReturn
 
 from vhostscsi.engines.kernel import modules
-from vhostscsi.engines.kernel.configfs import DEFAULT_ROOT, Configfs, KernelError, Op, execute, render
+from vhostscsi.engines.kernel.configfs import (
+    DEFAULT_ROOT,
+    PR_DIR_MODE,
+    Configfs,
+    KernelError,
+    Op,
+    execute,
+    make_pr_directory,
+    pr_directory,
+    render,
+)
 from vhostscsi.engines.kernel.desired import Desired, desired_state
 from vhostscsi.engines.kernel.ledger import DEFAULT_LEDGER, Ledger
 from vhostscsi.engines.kernel.planner import Plan, plan_apply, plan_clear
@@ -67,6 +78,28 @@ def prepare_kernel(opts: argparse.Namespace, desired: Desired) -> list[str]:
     modules.require_root()
     modules.load_modules(desired.modules())
     modules.ensure_configfs(opts.configfs)
+    return []
+
+
+def ensure_pr_directory(opts: argparse.Namespace, desired: Desired) -> list[str]:
+    """``<dbroot>/pr`` for LIO's persistent-reservation metadata, made before any device is exported.
+
+    Returns what to print: the ``mkdir -p`` line on a dry run, a status line once made. It is not
+    recorded in the ledger: ``clear`` leaves it, as it may hold other tools' reservations.
+    """
+    if not desired.storage:
+        return []
+    path = pr_directory(opts.configfs)
+    mkdir = f"mkdir -p -m {PR_DIR_MODE:04o} "
+    if path is None:
+        if opts.dry_run and opts.configfs == DEFAULT_ROOT and not opts.configfs.is_dir():
+            # LIO is not loaded yet: its dbroot is known only once target_core_mod is
+            return [mkdir + f'"$(cat {shlex.quote(str(opts.configfs / "dbroot"))})/pr"']
+        return []
+    if opts.dry_run:
+        return [] if path.is_dir() else [mkdir + shlex.quote(str(path))]
+    if make_pr_directory(path, opts.configfs):
+        return [f"{'create':<9} {path} (LIO's persistent-reservation metadata)"]
     return []
 
 
@@ -159,6 +192,7 @@ def run(argv: list[str], out: list[str]) -> int:
     if opts.action == "status":
         return status(opts, desired, out)
     out.extend(line + "\n" for line in prepare_kernel(opts, desired))
+    out.extend(line + "\n" for line in ensure_pr_directory(opts, desired))
     return apply(opts, desired, out)
 
 

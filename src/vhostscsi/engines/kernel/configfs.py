@@ -18,6 +18,9 @@ from pathlib import Path
 DEFAULT_ROOT = Path("/sys/kernel/config/target")
 
 
+PR_DIR_MODE = 0o700  # as targetcli's package makes /etc/target: PR metadata names initiators
+
+
 class KernelError(Exception):
     """A failure the admin must act on; the message is one line naming the fix."""
 
@@ -155,3 +158,37 @@ def execute(ops: Iterable[Op], root: Path, on_done: Callable[[Op], None]) -> Non
         except OSError as exc:
             raise KernelError(_describe(op, exc)) from None
         on_done(op)
+
+
+def pr_directory(root: Path) -> Path | None:
+    """Where LIO keeps persistent-reservation metadata: ``<dbroot>/pr``, dbroot read from configfs.
+
+    LIO writes a file there on every reservation change (APTPL or not) and answers every PERSISTENT
+    RESERVE OUT with NOT READY / LOGICAL UNIT COMMUNICATION FAILURE when it cannot, so the directory
+    must exist; nothing in the kernel makes it (targetcli's package ships /etc/target). The kernel
+    takes /etc/target as dbroot if it is a directory when target_core_mod loads, else /var/target,
+    and accepts another one only while it has no device. None: no ``dbroot`` attribute (a
+    directory standing in for configfs, or a kernel too old to offer it).
+    """
+    try:
+        text = (root / "dbroot").read_text().strip()
+    except OSError:
+        return None
+    return Path(text) / "pr" if text else None
+
+
+def make_pr_directory(path: Path, root: Path) -> bool:
+    """``mkdir -p -m 0700 <path>``; True if it was made. KernelError naming the fix if it cannot be."""
+    if path.is_dir():
+        return False
+    try:
+        os.makedirs(path, mode=PR_DIR_MODE, exist_ok=True)
+        os.chmod(path, PR_DIR_MODE)  # whatever the umask
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise KernelError(
+            f"cannot create {path} ({reason}), where LIO keeps persistent-reservation metadata (without it "
+            f"every PERSISTENT RESERVE OUT fails): make it writable, or, while LIO has no storage object yet, "
+            f"point it at a writable directory: mkdir -p /var/lib/target && echo /var/lib/target > "
+            f"{root / 'dbroot'}") from None
+    return True

@@ -11,6 +11,12 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import types
+
+
+def _body(f: types.FunctionType) -> tuple:
+    c = f.__code__
+    return (c.co_code, c.co_consts, c.co_names)
 
 
 def apply(spec: str) -> None:
@@ -22,15 +28,21 @@ def apply(spec: str) -> None:
         raise SystemExit(f"mutation site found {src.count(old)} times in {mod_name}")
     before = dict(vars(mod))
     exec(compile(src.replace(old, new), mod.__file__, "exec"), mod.__dict__)
-    # names other modules already imported from it (package re-exports) must see the mutant too
-    swapped = {id(obj): vars(mod)[name] for name, obj in before.items()
-               if isinstance(obj, type) or callable(obj) and getattr(obj, "__module__", None) == mod_name}
-    for other in list(sys.modules.values()):
-        if other is None or other is mod:
-            continue
-        for name, obj in list(vars(other).items()):
-            if id(obj) in swapped:
-                setattr(other, name, swapped[id(obj)])
+    for name, was in before.items():
+        now = vars(mod).get(name)
+        if isinstance(was, type) and isinstance(now, type) and was is not now:
+            # keep the class object (subclasses and other modules hold it), give it the mutated methods only
+            # (a mutated method that calls super() would not work this way: mutate another line)
+            for attr, value in vars(now).items():
+                old_value = vars(was).get(attr)
+                if isinstance(value, types.FunctionType) and (
+                        not isinstance(old_value, types.FunctionType) or _body(value) != _body(old_value)):
+                    setattr(was, attr, value)
+            setattr(mod, name, was)
+        elif callable(was) and getattr(was, "__module__", None) == mod_name and now is not was:
+            for other in list(sys.modules.values()):  # re-exported functions
+                if other is not None and other is not mod and getattr(other, name, None) is was:
+                    setattr(other, name, now)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,13 @@ class Case:
     def n(self, interesting: tuple[int, ...], full: int) -> int:
         return self.rng.choice(interesting) if self.rng.random() < 0.8 else self.rng.randrange(full)
 
+    def region(self) -> RegionDesc:
+        """Regions that overlap others, are empty, wrap past 2**64, or reach beyond their memfd."""
+        return RegionDesc(self.n((0, 0, 65536, 4096, 2**64 - 4096), 2**64),
+                          self.n((65536, 4096, 0, 8192, 2**64 - 4096), 2**64),
+                          self.n((UVA_BASE, UVA_BASE + 65536, UVA_BASE + 4096), 2**64),
+                          self.n((0, 0, 4096, 65536, 2**63), 2**64))
+
     def ring_index(self) -> int:
         return self.n((0, 1, 2, 2, NUM_QUEUES, 255), 2**32)
 
@@ -91,18 +98,14 @@ class Case:
         if req in (Request.SET_FEATURES, Request.SET_PROTOCOL_FEATURES, Request.SET_LOG_BASE, Request.SET_STATUS):
             payload = codec.pack_u64(self.n((DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES, 0, 2**64 - 1), 2**64))
         elif req == Request.SET_MEM_TABLE:
-            regions = []
-            for _ in range(self.n((1, 1, 2, 3, 0, 8, 9), 16)):
-                size = self.n((65536, 4096, 0, 8192, 2**64 - 4096), 2**64)
-                regions.append(RegionDesc(self.n((0, 0, 65536, 4096, 2**64 - 4096), 2**64), size,
-                                          self.n((UVA_BASE, UVA_BASE + 65536, UVA_BASE + 4096), 2**64),
-                                          self.n((0, 0, 4096, 65536, 2**63), 2**64)))
+            regions = [self.region() for _ in range(self.n((1, 1, 2, 3, 0, 8, 9), 16))]
             payload = struct.pack("<II", len(regions), 0) + b"".join(struct.pack("<QQQQ", *r) for r in regions)
             for _ in range(len(regions) if rng.random() < 0.8 else rng.randrange(10)):
                 fds.append(self.memfd(self.n((65536, 65536, 4096, 0, 131072), 1 << 20)))
-        elif req in (Request.ADD_MEM_REG, Request.REM_MEM_REG):
-            payload = codec.pack_single_region(RegionDesc(0, 65536, UVA_BASE, 0))
-            fds.append(self.memfd(65536))
+        elif req in (Request.ADD_MEM_REG, Request.REM_MEM_REG):  # overlapping, exceeding, unknown regions
+            payload = codec.pack_single_region(self.region())
+            for _ in range(1 if rng.random() < 0.8 else rng.randrange(3)):
+                fds.append(self.memfd(self.n((65536, 65536, 4096, 0, 131072), 1 << 20)))
         elif req in (Request.SET_VRING_NUM, Request.SET_VRING_BASE, Request.GET_VRING_BASE, Request.SET_VRING_ENABLE):
             payload = codec.pack_vring_state(self.ring_index(), self.n((0, 1, 8, 64, 256, 3, 32768, 65536), 2**32))
         elif req == Request.SET_VRING_ADDR:

@@ -348,6 +348,7 @@ def test_the_fuzz_reached_running_rings() -> None:
     if STATS["cases"] == 0:
         import pytest
         pytest.skip("the fuzz test did not run in this session")
+    print(f"fuzz figures: {STATS}")
     assert STATS["rings_started"] > 0 and STATS["protocol_errors"] > 0, STATS
 
 

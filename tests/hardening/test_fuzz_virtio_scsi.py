@@ -335,6 +335,7 @@ def test_the_fuzz_reached_the_backstores() -> None:
     if STATS["cases"] == 0:
         import pytest
         pytest.skip("the fuzz tests did not run in this session")
+    print(f"fuzz figures: {STATS}")
     accesses = sum(bs.accesses for bs in BACKSTORES)
     assert accesses > STATS["cases"] // 4, (accesses, STATS)
     assert STATS["good_status"] > STATS["cases"] // 10 and STATS["check_condition"] > STATS["cases"] // 10, STATS

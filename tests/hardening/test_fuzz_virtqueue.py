@@ -222,4 +222,5 @@ def test_the_fuzz_saw_both_kinds_of_chain() -> None:
     if STATS["chains"] == 0:
         import pytest
         pytest.skip("the fuzz test did not run in this session")
+    print(f"fuzz figures: {STATS}")
     assert STATS["good"] > CASES // 20 and STATS["malformed"] > CASES // 20, STATS

@@ -135,7 +135,7 @@ class Serve:
     def stop(self, how: str) -> int:
         """"term": SIGTERM; "kill": SIGKILL now; "busy-kill": SIGKILL the moment it is seen running (state R or D:
         most likely in the middle of a batch, with requests taken from the ring and not completed)."""
-        if how == "busy-kill":
+        if how == "busy-kill":  # "handshake-kill" is a kill at a random moment here
             deadline = time.monotonic() + 3.0
             while time.monotonic() < deadline and self._state() not in ("R", "D"):
                 time.sleep(0)
@@ -193,7 +193,8 @@ class FioRound:
 class Report:
     seed: int
     mode: str
-    restarts: dict[str, int] = field(default_factory=lambda: {"term": 0, "kill": 0, "busy-kill": 0})
+    restarts: dict[str, int] = field(default_factory=lambda: {"term": 0, "kill": 0, "busy-kill": 0,
+                                                              "handshake-kill": 0})
     resubmitted: int = 0  # requests the new daemons found in flight and ran again
     inflight_at_kill: list[int] = field(default_factory=list)  # per SIGKILL, read from QEMU's in-flight area
     longest_gap_s: float = 0.0  # host side: signal to the new daemon's first connection from QEMU
@@ -209,7 +210,8 @@ class Report:
     def summary(self) -> str:
         ios = sum(r.reads + r.writes for r in self.rounds)
         return (f"[{self.mode}] restarts: {self.restarts['term']} graceful (SIGTERM) + {self.restarts['kill']} SIGKILL at random "
-                f"+ {self.restarts['busy-kill']} SIGKILL while busy "
+                f"+ {self.restarts['busy-kill']} SIGKILL while busy + {self.restarts['handshake-kill']} SIGKILL "
+                f"followed by a SIGKILL of the new daemon as QEMU connects "
                 f"(seed {self.seed}); requests in flight at the SIGKILLs: {sum(self.inflight_at_kill)} "
                 f"({sum(1 for n in self.inflight_at_kill if n)} of {len(self.inflight_at_kill)} kills caught some), "
                 f"resubmitted by the new daemons: {self.resubmitted}; "
@@ -238,7 +240,9 @@ def parse_console(text: str, report: Report) -> None:
 
 
 def restart_plan(graceful: int, kills: int, seed: int) -> list[str]:
-    """Shuffled: `graceful` SIGTERMs, `kills` SIGKILLs, half at a random moment, half while the daemon runs."""
-    plan = ["term"] * graceful + ["kill"] * (kills - kills // 2) + ["busy-kill"] * (kills // 2)
+    """Shuffled: `graceful` SIGTERMs and `kills` SIGKILLs: half while the daemon runs, a quarter followed by a kill of
+    the new daemon as QEMU connects to it, the rest at a random moment."""
+    plan = ["term"] * graceful + ["busy-kill"] * (kills // 2) + ["handshake-kill"] * (kills // 4)
+    plan += ["kill"] * (kills - kills // 2 - kills // 4)
     random.Random(seed).shuffle(plan)
     return plan

@@ -82,6 +82,11 @@ def run_restarts(qemu10: Qemu, workdir: Path, graceful: int, kills: int, mode: s
                 if held is None or how != "term":
                     new = Serve(workdir, config, len(daemons), listen=held)
                 daemons.append(new)
+                if how == "handshake-kill":  # and the new one dies too, as QEMU connects (mid-handshake/resubmit)
+                    new.wait_log(r"connected: ", 60)
+                    new.stop("kill")
+                    new = Serve(workdir, config, len(daemons), listen=held)
+                    daemons.append(new)
                 reconnected = new.wait_log(r"connected: ", 60)
                 report.longest_gap_s = max(report.longest_gap_s, reconnected - signalled)
                 new.wait_log("guest driver started", 60)
@@ -113,7 +118,8 @@ def run_restarts(qemu10: Qemu, workdir: Path, graceful: int, kills: int, mode: s
 
 
 def check(report: Report, graceful: int, kills: int) -> None:
-    assert report.restarts == {"term": graceful, "kill": kills - kills // 2, "busy-kill": kills // 2}
+    assert report.restarts == {"term": graceful, "kill": kills - kills // 2 - kills // 4, "busy-kill": kills // 2,
+                               "handshake-kill": kills // 4}
     assert report.rounds and all(r.reads and r.writes for r in report.rounds), report.console_tail
     assert report.verify_errors == 0, report.console_tail
     assert report.dmesg_bad == [], report.dmesg_bad

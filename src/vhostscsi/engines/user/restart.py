@@ -203,14 +203,20 @@ def qemu_version_of(pid: int) -> tuple[int, int, int] | None:
 
 
 def restart_note(pid: int, socket_path: Path) -> tuple[bool, str] | None:
-    """(survives, message) about what a daemon restart means for the QEMU `pid`; None when it is no QEMU."""
+    """(survives, message) about what a daemon restart means for the QEMU `pid`.
+
+    None when that cannot be told: the peer is no QEMU, or a QEMU 8.2+ whose command line has no -chardev for
+    this socket (hot-added through QMP, passed as an fd by a management layer)."""
     version = qemu_version_of(pid)
     if version is None:
         return None
     shown = ".".join(map(str, version))
     if version[:2] < RECONNECTING_QEMU:
         return False, f"QEMU {shown} cannot reconnect to a restarted back end (8.2+ can): {NO_RECONNECT}"
-    if not peer_reconnects(pid, socket_path):
+    reconnecting = peer_reconnects(pid, socket_path)
+    if reconnecting is None:
+        return None
+    if not reconnecting:
         return False, f"QEMU {shown} was started without reconnect-ms= on this socket: {NO_RECONNECT}"
     return True, f"QEMU {shown} reconnects: the daemon can be restarted or upgraded under this guest"
 

@@ -45,7 +45,9 @@ MODES = {
 }
 
 
-def run_restarts(qemu10: Qemu, workdir: Path, graceful: int, kills: int, mode: str = "bind") -> Report:
+def run_restarts(qemu10: Qemu, workdir: Path, graceful: int, kills: int, mode: str = "bind",
+                 outage: float = 0.0) -> Report:
+    """The workload under restarts; `outage`: seconds without any daemon after each SIGKILL."""
     seed = int(os.environ.get("VHOSTSCSI_RESTART_SEED", time.time_ns() % 1_000_000))
     report = Report(seed, mode)
     rng = random.Random(seed)
@@ -79,6 +81,7 @@ def run_restarts(qemu10: Qemu, workdir: Path, graceful: int, kills: int, mode: s
                     n = inflight_in_qemu(g.proc.pid)
                     assert n is not None, "QEMU holds no in-flight area from the daemon (INFLIGHT_SHMFD not used)"
                     report.inflight_at_kill.append(n)
+                    time.sleep(outage)
                 if held is None or how != "term":
                     new = Serve(workdir, config, len(daemons), listen=held)
                 daemons.append(new)
@@ -141,6 +144,17 @@ def restarts_verified(qemu10: Qemu, workdir: Path, mode: str, capsys: pytest.Cap
 def test_guest_io_verifies_across_a_few_restarts_and_crashes(qemu10: Qemu, tmp_path: Path, mode: str,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     restarts_verified(qemu10, tmp_path, mode, capsys, 2)
+
+
+@pytest.mark.slow
+def test_guest_waits_out_a_40_second_outage(qemu10: Qemu, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No daemon for 40 s, longer than Linux's 30 s SCSI command timeout: the guest's I/O stalls and resumes, with
+    no abort, reset or I/O error (virtio_scsi re-arms the timer of a command that takes too long)."""
+    report = run_restarts(qemu10, tmp_path, graceful=0, kills=1, mode="activation", outage=40.0)
+    with capsys.disabled():
+        print(f"\n{report.summary()}")
+    check(report, 0, 1)
+    assert report.longest_stall_ms >= 40_000  # the guest did have I/O waiting through the whole outage
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 from restart.qemu10 import Qemu, qemu_version
 
@@ -21,3 +22,8 @@ def test_qemu10_starts_a_tcg_machine_with_its_firmware(qemu10: Qemu) -> None:
     r = subprocess.run([qemu10.binary, "-M", "pc", "-accel", "tcg", "-nodefaults", "-display", "none",
                         "-monitor", "stdio", "-S"], input="quit\n", capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+    if qemu10.binary != shutil.which("qemu-system-x86_64"):  # unpacked beside the system QEMU: its own firmware
+        dirs = subprocess.run([qemu10.binary, "-L", "help"], capture_output=True, text=True, timeout=30).stdout
+        first = dirs.split()[0]
+        assert not first.startswith("/usr/share/"), f"{qemu10.binary} looks for firmware in {first} first"
+        assert (Path(first) / "bios-256k.bin").exists() or (Path(dirs.split()[1]) / "bios-256k.bin").exists()

@@ -82,3 +82,43 @@ PRO_PREEMPT = 0x04
 PRO_PREEMPT_AND_ABORT = 0x05
 PRO_REGISTER_AND_IGNORE_EXISTING_KEY = 0x06
 PRO_REGISTER_AND_MOVE = 0x07
+
+
+# --- commands that change the medium (refused on a write-protected / read-only LUN) ------------
+# Decided by the opcode (and, for VARIABLE LENGTH, the service action), never by whether the
+# initiator sent data-out buffers: WRITE SAME with UNMAP and UNMAP itself change the medium with
+# no data at all (WRITE SAME's buffer is optional on the wire; the transfer length is what counts).
+FORMAT_UNIT = 0x04
+WRITE_LONG = 0x3F
+SANITIZE = 0x48
+XDWRITEREAD_10 = 0x53
+ORWRITE_16 = 0x8B
+WRITE_ATOMIC_16 = 0x9C
+WRITE_STREAM_16 = 0x9A
+SERVICE_ACTION_OUT_16 = 0x9F  # WRITE LONG (16), ...
+WRITE_VERIFY_12 = 0xAE
+# VARIABLE LENGTH service actions that write
+WRITE_32 = 0x000B
+WRITE_VERIFY_32 = 0x000C
+ORWRITE_32 = 0x000E
+WRITE_ATOMIC_32 = 0x000F
+WRITE_STREAM_32 = 0x0010
+
+_MEDIUM_WRITE_OPCODES = (
+    FORMAT_UNIT, WRITE_6, WRITE_10, WRITE_12, WRITE_16, WRITE_VERIFY, WRITE_VERIFY_12, WRITE_VERIFY_16,
+    WRITE_SAME, WRITE_SAME_16, UNMAP, COMPARE_AND_WRITE, WRITE_LONG, SANITIZE, XDWRITEREAD_10,
+    ORWRITE_16, WRITE_ATOMIC_16, WRITE_STREAM_16, SERVICE_ACTION_OUT_16, EXTENDED_COPY,
+)
+MEDIUM_WRITE_SERVICE_ACTIONS_32 = frozenset(
+    {WRITE_32, WRITE_VERIFY_32, WRITE_SAME_32, ORWRITE_32, WRITE_ATOMIC_32, WRITE_STREAM_32})
+# 256 entries: 1 = the opcode changes the medium, 2 = it depends on the service action (0x7F)
+MEDIUM_WRITE = bytes(1 if c in _MEDIUM_WRITE_OPCODES else 2 if c == VARIABLE_LENGTH_CMD else 0
+                     for c in range(256))
+
+
+def changes_medium(cdb: bytes | memoryview) -> bool:
+    """True if the command may change the medium (a write-protected LUN refuses it)."""
+    kind = MEDIUM_WRITE[cdb[0]]
+    if kind == 2:
+        return len(cdb) >= 10 and ((cdb[8] << 8) | cdb[9]) in MEDIUM_WRITE_SERVICE_ACTIONS_32
+    return kind == 1

@@ -204,7 +204,10 @@ class TargetPort:
                 return self._no_lun(nexus, lun_id, cdb, data_out, data_in)
             if nexus not in self._nexuses:
                 self.add_nexus(nexus)
-            if data_out and lun.read_only and total(data_out):
+            if lun.read_only and (op.changes_medium(cdb) or (data_out and total(data_out))):
+                # LIO refuses any data-out on a write-protected LUN (its check is by data
+                # direction); a command that changes the medium is refused by its opcode too,
+                # data-out or not (WRITE SAME with UNMAP, a zero-length WRITE, ...)
                 return Reason.WRITE_PROTECTED
             self.resid_base = 0
             r = _TABLE[cdb[0]](self, lun, nexus, cdb, data_out, data_in)

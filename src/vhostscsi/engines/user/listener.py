@@ -14,6 +14,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from vhostscsi.engines.user.paths import default_socket_dir
+
 
 class ListenerError(Exception):
     """A socket could not be set up; the message is one line for the administrator."""
@@ -24,17 +26,47 @@ MAX_SOCKET_PATH = 107
 WWN_SOCKET_NAME = len("naa.0123456789abcdef.sock")
 
 
-def prepare_socket_dir(directory: Path) -> None:
-    """Create the socket directory (0700 when we create it: the sockets give access to disks)."""
+def prepare_socket_dir(directory: Path, *, ours: bool | None = None) -> None:
+    """Create the socket directory (0700 when we create it: the sockets give access to disks) and make sure
+    nobody else can replace or remove the sockets in it.
+
+    A directory another user can write to (group/world-writable, sticky or not: in a sticky /tmp-like one
+    its owner still can), or one owned by another user (neither us nor root), would let them put their own
+    socket where QEMU looks for ours: refused with a ListenerError. ``ours`` (default: ``directory`` is
+    ``paths.default_socket_dir()``) marks the default directory, which we own and may mend: if it is ours
+    but group/world-writable its mode is set to 0700 instead.
+    """
     if len(os.fsencode(directory)) + 1 + WWN_SOCKET_NAME > MAX_SOCKET_PATH:
         raise ListenerError(f"socket directory {directory} is too long for unix socket paths "
                             f"(at most {MAX_SOCKET_PATH - 1 - WWN_SOCKET_NAME} bytes); choose a shorter --socket-dir")
+    if ours is None:
+        ours = Path(directory) == default_socket_dir()
     if directory.exists() and not directory.is_dir():
         raise ListenerError(f"socket directory {directory} exists and is not a directory")
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # the default directory sits in a shared place (/tmp/vhostscsi-<uid>): a symlink there is not ours
+        st = directory.lstat() if ours else directory.stat()
     except OSError as e:
         raise ListenerError(f"cannot create socket directory {directory}: {e.strerror}") from None
+    euid = os.geteuid()
+    if not stat.S_ISDIR(st.st_mode):
+        raise ListenerError(f"socket directory {directory} is a symlink, not a directory; remove it "
+                            f"or choose another --socket-dir")
+    if st.st_uid not in (euid, 0):
+        raise ListenerError(f"socket directory {directory} belongs to uid {st.st_uid}, who could replace our "
+                            f"sockets; use a directory owned by uid {euid} (or root) with --socket-dir")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        if ours and st.st_uid == euid:
+            try:
+                os.chmod(directory, 0o700)
+                return
+            except OSError as e:
+                raise ListenerError(f"cannot make socket directory {directory} private (mode {mode:o}): "
+                                    f"{e.strerror}") from None
+        raise ListenerError(f"socket directory {directory} is writable by other users (mode {mode:o}), who could "
+                            f"replace our sockets; run 'chmod go-w {directory}' or choose a private --socket-dir")
 
 
 def _remove_stale(path: Path) -> None:

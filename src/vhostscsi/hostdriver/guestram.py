@@ -20,13 +20,17 @@ _UVA_STRIDE = 0x1_0000_0000  # 4 GiB between regions' UVAs: never adjacent, neve
 class GuestRam:
     """Shared guest memory with a bump allocator. Addresses handed out are GPAs."""
 
-    def __init__(self, size: int, *, regions: int = 1, gpa_base: int = 0, uva_base: int = DEFAULT_UVA_BASE):
+    def __init__(self, size: int, *, regions: int = 1, gpa_base: int = 0, uva_base: int = DEFAULT_UVA_BASE,
+                 allow_sealing: bool = True):
         page = mmap.PAGESIZE
         if size <= 0 or size % (page * regions):
             raise ValueError(f"guest RAM size {size} must be a positive multiple of {regions} pages")
         self.size = size
         self.gpa_base = gpa_base
-        self.fd = os.memfd_create("vhostscsi-guest-ram", os.MFD_CLOEXEC)
+        # as QEMU's memory-backend-memfd: sealable (QEMU also seals it itself; we leave that to the back end,
+        # which adds F_SEAL_SHRINK; allow_sealing=False makes the unsealable kind, like a plain file)
+        flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if allow_sealing else 0)
+        self.fd = os.memfd_create("vhostscsi-guest-ram", flags)
         os.ftruncate(self.fd, size)
         self._map = mmap.mmap(self.fd, size, mmap.MAP_SHARED)
         self.mem = memoryview(self._map)

@@ -14,6 +14,7 @@ arrives with a message is closed here once used (memory fds after mmap) or refus
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from vhostscsi.vhost_user.protocol import (
     Request,
     bit,
 )
-from vhostscsi.virtio.memory import GuestMemory, GuestMemoryError
+from vhostscsi.virtio.memory import GuestMemory, GuestMemoryError, seal_and_check_size
 from vhostscsi.vhost_user.actions import (
     Action,
     CallFd,
@@ -471,9 +472,11 @@ class Session:
         if not 1 <= req.num_queues <= self.num_queues or not 1 <= req.queue_size <= MAX_QUEUE_SIZE:
             raise ProtocolError(f"GET_INFLIGHT_FD for {req.num_queues} queues of {req.queue_size}")
         size = req.num_queues * inflight_queue_bytes(req.queue_size)
-        fd = os.memfd_create("vhostscsi-inflight", os.MFD_CLOEXEC)
+        fd = os.memfd_create("vhostscsi-inflight", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, size)
+            # the front end gets this fd: it must not be able to shrink it under our mapping (SIGBUS)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
             self._adopt_inflight(mmap.mmap(fd, size, mmap.MAP_SHARED), req.queue_size)
         except OSError as e:
             os.close(fd)
@@ -486,6 +489,11 @@ class Session:
             raise _RequestFailed(f"SET_INFLIGHT_FD expects 1 fd, got {len(msg.fds)}")
         if info.mmap_size <= 0 or not 1 <= info.queue_size <= MAX_QUEUE_SIZE:
             raise _RequestFailed(f"in-flight area of {info.mmap_size} bytes, queue size {info.queue_size}")
+        try:
+            # sealed against shrinking (ours from GET_INFLIGHT_FD already is) and big enough: else a SIGBUS
+            seal_and_check_size(msg.fds[0], info.mmap_offset + info.mmap_size, "in-flight area")
+        except GuestMemoryError as e:
+            raise _RequestFailed(str(e)) from e
         try:
             m = mmap.mmap(msg.fds[0], info.mmap_offset + info.mmap_size, mmap.MAP_SHARED)
         except (OSError, ValueError, OverflowError) as e:

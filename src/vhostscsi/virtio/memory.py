@@ -9,8 +9,11 @@ ring walker turns them into a failed request, and exceptions on the hot path cos
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import mmap
 import os
+import stat
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -19,6 +22,37 @@ _U64_LIMIT = 1 << 64
 
 class GuestMemoryError(ValueError):
     """A memory table that cannot be used (overlap, bad size, failed mmap)."""
+
+
+def seal_and_check_size(fd: int, end: int, what: str) -> bool:
+    """Make sure the file behind `fd` covers [0, end) and can no longer shrink under our mapping.
+
+    A front end that truncated a mapped file would make our next access a SIGBUS, which kills the process (not
+    just the connection). A memfd is sealed with F_SEAL_SHRINK (QEMU's memory-backend-memfd already seals its
+    RAM with F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_SEAL; a memfd created with MFD_ALLOW_SEALING gets the seal here).
+    Returns False if the file cannot be sealed (hugetlbfs or a plain file from memory-backend-file, a memfd
+    without MFD_ALLOW_SEALING): it is accepted, and the caller should warn that its owner could still shrink it.
+    The size is checked after sealing, so it cannot change between the check and the mmap. Raises
+    GuestMemoryError if the file is too small (for a regular file or memfd; a device such as /dev/dax has none).
+    """
+    sealed = False
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        if seals & fcntl.F_SEAL_SHRINK:
+            sealed = True
+        else:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+            sealed = True
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EINVAL, errno.EBADF, errno.EACCES):
+            raise GuestMemoryError(f"{what}: cannot seal its file: {e.strerror}") from e
+    try:
+        st = os.fstat(fd)
+    except OSError as e:
+        raise GuestMemoryError(f"{what}: {e.strerror}") from e
+    if (stat.S_ISREG(st.st_mode) or st.st_size) and end > st.st_size:
+        raise GuestMemoryError(f"{what} ends at file offset {end:#x} beyond the {st.st_size:#x}-byte file")
+    return sealed
 
 
 @dataclass(slots=True)
@@ -30,6 +64,7 @@ class MemoryRegion:
     uva: int
     buf: memoryview
     mapping: mmap.mmap | None = None  # the mmap behind `buf`, when this process mapped it
+    sealed: bool = True  # False: its file could not be sealed against shrinking (see seal_and_check_size)
 
     def unmap(self) -> None:
         """Drop our view and the mapping; if rings still hold views, the mapping goes with the last of them."""
@@ -79,26 +114,22 @@ class GuestMemory:
 
     @staticmethod
     def map_region(gpa: int, size: int, uva: int, offset: int, fd: int) -> MemoryRegion:
-        """mmap one region's fd shared read/write (the fd may be closed afterwards).
+        """mmap one region's fd shared read/write (the fd may be closed afterwards), after sealing it against
+        shrinking and checking it covers the region (`seal_and_check_size`).
 
         The mapping starts at mmap_offset rounded down to the page, because mmap offsets must be page aligned
         and the front end's need not be.
         """
         if size <= 0 or offset < 0:
             raise GuestMemoryError(f"region at gpa {gpa:#x}: size {size:#x} offset {offset:#x}")
+        sealed = seal_and_check_size(fd, offset + size, f"region at gpa {gpa:#x}")
         try:
-            st = os.fstat(fd)
-            if st.st_size and offset + size > st.st_size:
-                raise GuestMemoryError(
-                    f"region at gpa {gpa:#x} ends at file offset {offset + size:#x} beyond the "
-                    f"{st.st_size:#x}-byte file"
-                )
             start = offset - offset % mmap.ALLOCATIONGRANULARITY
             m = mmap.mmap(fd, offset - start + size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
                           offset=start)
         except (OSError, OverflowError, ValueError) as e:
             raise GuestMemoryError(f"cannot map region at gpa {gpa:#x}: {e}") from e
-        return MemoryRegion(gpa, size, uva, memoryview(m)[offset - start : offset - start + size], m)
+        return MemoryRegion(gpa, size, uva, memoryview(m)[offset - start : offset - start + size], m, sealed)
 
     @classmethod
     def map_fds(cls, table: Sequence[tuple[int, int, int, int]], fds: Sequence[int]) -> "GuestMemory":

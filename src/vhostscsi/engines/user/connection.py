@@ -89,6 +89,7 @@ class Connection:
         self.decoder = Decoder()
         self.closed = False
         self._reported_state = 0  # request queues running, as last logged
+        self._warned_unsealed = False  # the guest RAM's file could not be sealed against shrinking (once)
         self._state_timer: Timer | None = None
         sock.setblocking(True)
         sock.settimeout(SEND_TIMEOUT)  # only sends can block: receives use MSG_DONTWAIT
@@ -177,6 +178,11 @@ class Connection:
                 regions = a.memory.regions
                 log.debug("%s: memory table: %d region(s), %d MiB", self.label, len(regions),
                           sum(r.size for r in regions) >> 20)
+                if not self._warned_unsealed and not all(r.sealed for r in regions):
+                    self._warned_unsealed = True
+                    log.warning("%s: %s: guest RAM cannot be sealed against shrinking (hugetlbfs or plain file, or "
+                                "a memfd without sealing): if that process truncated it the daemon would die "
+                                "(SIGBUS); prefer -object memory-backend-memfd", self.label, self.peer)
         self._log_driver_state()
 
     def _set_kick(self, index: int, fd: int | None) -> None:

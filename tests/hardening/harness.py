@@ -55,9 +55,10 @@ def make_config(path: Path, disk: Path, size: int, *, write_back: bool = True, w
 class Guest:
     """A host-side driver connection (what QEMU + the guest's virtio-scsi driver do), as a context manager."""
 
-    def __init__(self, sock: Path, *, ram_size: int = 4 << 20, regions: int = 2, queue_size: int = 32) -> None:
+    def __init__(self, sock: Path, *, ram_size: int = 4 << 20, regions: int = 2, queue_size: int = 32,
+                 **ram_kw: bool) -> None:
         self.fe = FrontEnd.connect(str(sock), timeout=10)
-        self.ram = GuestRam(ram_size, regions=regions)
+        self.ram = GuestRam(ram_size, regions=regions, **ram_kw)
         self.init = ScsiInitiator(self.fe, self.ram, queue_size=queue_size)
 
     def __enter__(self) -> ScsiInitiator:

@@ -65,6 +65,11 @@ class Backstore(abc.ABC):
         """Re-read the size after a resize of the medium; returns the new size in bytes."""
         return self.size
 
+    def medium_gone(self) -> str | None:
+        """Why the medium is gone for good (its data would be lost or cannot be reached), or None while it
+        is there. A few syscalls: for a periodic check (the daemon's once-a-second tick), never per I/O."""
+        return None
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release the file descriptor or memory; further I/O raises BackstoreError(EBADF)."""

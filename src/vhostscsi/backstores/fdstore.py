@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import stat
 from collections.abc import Sequence
 
 from vhostscsi.backstores.base import Backstore
@@ -19,6 +20,7 @@ from vhostscsi.backstores.iov import IOV_MAX, pwritev_full
 __all__ = ["FdBackstore", "zero_chunk"]
 
 _ZERO_CHUNK = 1 << 20
+_SYS_DEV_BLOCK = "/sys/dev/block"
 _zero_page_run: memoryview | None = None
 
 
@@ -47,6 +49,24 @@ class FdBackstore(Backstore):
     def _io(self, what: str) -> str:
         """Label for error messages: the object name and the operation."""
         return f"{self.name}: {what}"
+
+    def medium_gone(self) -> str | None:
+        """A file whose last name was removed (st_nlink 0: every write from now on is lost with the inode),
+        or a block device that left the system (no /sys/dev/block/MAJ:MIN any more)."""
+        if self.closed:
+            return None
+        try:
+            st = os.fstat(self.fd)
+        except OSError as exc:
+            return f"cannot inspect its file descriptor: {os.strerror(exc.errno or errno.EIO)}"
+        if stat.S_ISBLK(st.st_mode):
+            if os.path.isdir(_SYS_DEV_BLOCK) and not os.path.exists(
+                    f"{_SYS_DEV_BLOCK}/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"):
+                return "the block device was removed"
+            return None
+        if st.st_nlink == 0:
+            return "the backing file was deleted"
+        return None
 
     def flush(self) -> None:
         self._check_open()

@@ -11,6 +11,9 @@ import threading
 from typing import TYPE_CHECKING, Any, Protocol
 from collections.abc import Mapping, Sequence
 
+from vhostscsi.scsi.result import ScsiResult
+from vhostscsi.scsi.sense import Reason
+
 if TYPE_CHECKING:
     from vhostscsi.scsi.pr import PrState
 
@@ -107,6 +110,10 @@ class Device:
         # target_check_fua(): DPO/FUA are offered only with a write-back cache.
         self.fua_ok = self.write_cache and attrs.get("emulate_fua_write", 1) > 0
         self.caw_lock = threading.Lock()
+        # None while the medium is usable; otherwise the answer to every command that needs it
+        # (set_offline / set_online; `TargetPort.execute` tests this one attribute per command)
+        self.offline: ScsiResult | None = None
+        self.offline_reason = ""
         self._exports: list[int] = []  # relative port ids of the (port, LUN) exports
         self.pr: PrState = PrState()
         self._set_capacity(int(backstore.size))
@@ -124,6 +131,23 @@ class Device:
         old = self.nblocks
         self._set_capacity(int(self.backstore.refresh_size()))
         return self.nblocks != old
+
+    # --- availability ------------------------------------------------------------------------
+    def set_offline(self, reason: str, answer: ScsiResult | None = None) -> ScsiResult:
+        """The medium is gone (backing file deleted, block device removed, ...): from now on every command
+        but INQUIRY, REPORT LUNS and REQUEST SENSE is answered with `answer` (default NOT READY / MEDIUM NOT
+        PRESENT, 02/3A/00), so nothing is written into the void. Returns that answer. The first reason stays."""
+        if self.offline is None:
+            self.offline = answer if answer is not None else Reason.MEDIUM_NOT_PRESENT
+            self.offline_reason = reason
+        return self.offline
+
+    def set_online(self) -> bool:
+        """The medium is usable again (e.g. the backstore was reopened); True if it was offline."""
+        was = self.offline is not None
+        self.offline = None
+        self.offline_reason = ""
+        return was
 
     # --- exports (INQUIRY MULTIP, REPORT TARGET PORT GROUPS) ------------------------------
     def add_export(self, rtpi: int) -> None:

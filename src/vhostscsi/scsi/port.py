@@ -33,6 +33,9 @@ for _table in (sbc.HANDLERS, spc.HANDLERS, pr_mod.HANDLERS):
     for _code, _fn in _table.items():
         _TABLE[_code] = _fn
 
+# What an offline device (medium gone) still answers: the commands that identify it and its LUNs.
+_OFFLINE_OK = bytes(1 if c in (op.INQUIRY, op.REPORT_LUNS, op.REQUEST_SENSE) else 0 for c in range(256))
+
 # vhost-scsi's target port protocol follows the WWN's prefix (tport_proto_id).
 _PROTO = {"naa.": 0x6, "fc.": 0x0, "iqn.": 0x5}
 
@@ -204,6 +207,9 @@ class TargetPort:
                 return self._no_lun(nexus, lun_id, cdb, data_out, data_in)
             if nexus not in self._nexuses:
                 self.add_nexus(nexus)
+            if lun.dev.offline is not None and not _OFFLINE_OK[cdb[0]]:
+                r = lun.dev.offline  # medium gone (Device.set_offline): NOT READY
+                return to_descriptor(r) if lun.dev.desc_sense else r
             if lun.read_only and (op.changes_medium(cdb) or (data_out and total(data_out))):
                 # LIO refuses any data-out on a write-protected LUN (its check is by data
                 # direction); a command that changes the medium is refused by its opcode too,

@@ -19,6 +19,7 @@ from vhostscsi.scsi.result import GOOD, ScsiResult, good
 from vhostscsi.scsi.sense import Reason, miscompare
 
 if TYPE_CHECKING:
+    from vhostscsi.scsi.device import Device
     from vhostscsi.scsi.port import LunEntry, TargetPort
 
 __all__ = ["HANDLERS", "backstore_failure"]
@@ -35,14 +36,17 @@ Bufs = Sequence[memoryview]
 Handler = Callable[["TargetPort", "LunEntry", str, "bytes | memoryview", Bufs, Bufs], ScsiResult]
 
 
-def backstore_failure(exc: OSError, writing: bool) -> ScsiResult:
-    """Map a BackstoreError's errno to sense (see backstores/errors.py)."""
+def backstore_failure(exc: OSError, writing: bool, dev: Device | None = None) -> ScsiResult:
+    """Map a BackstoreError's errno to sense (see backstores/errors.py). ENXIO/ENODEV mean the device under
+    the backstore is gone (a hot-removed block device): `dev` goes offline, MEDIUM NOT PRESENT from now on."""
     code = exc.errno
+    if (code == errno.ENODEV or code == errno.ENXIO) and dev is not None:
+        return dev.set_offline(f"{exc}")
     if code == errno.ENOSPC or code == errno.EDQUOT:
         return Reason.SPACE_ALLOCATION_FAILED
     if code == errno.EROFS:
         return Reason.WRITE_PROTECTED
-    if code == errno.EIO or code == errno.ENXIO:
+    if code == errno.EIO or code == errno.ENXIO:  # ENXIO: only without a Device to take offline
         return Reason.WRITE_ERROR if writing else Reason.READ_ERROR
     return Reason.LOGICAL_UNIT_COMMUNICATION_FAILURE
 
@@ -86,7 +90,7 @@ def _do_read(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryvie
     try:
         dev.backstore.readv(lba * dev.block_size, bufs)
     except OSError as exc:
-        return backstore_failure(exc, False)
+        return backstore_failure(exc, False, dev)
     return good(size)
 
 
@@ -136,7 +140,7 @@ def _do_write(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryvi
     try:
         dev.backstore.writev(lba * dev.block_size, dout, fua or dev.write_through)
     except OSError as exc:
-        return backstore_failure(exc, True)
+        return backstore_failure(exc, True, dev)
     return GOOD
 
 
@@ -225,7 +229,7 @@ def _sync_or_verify(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | me
         try:
             dev.backstore.flush()
         except OSError as exc:
-            return backstore_failure(exc, True)
+            return backstore_failure(exc, True, dev)
     return GOOD
 
 
@@ -316,7 +320,7 @@ def _write_same(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memory
                 off += k * bs
                 left -= k
     except OSError as exc:
-        return backstore_failure(exc, True)
+        return backstore_failure(exc, True, dev)
     return GOOD
 
 
@@ -366,7 +370,7 @@ def _unmap(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryview,
             off += 16
             avail -= 16
     except OSError as exc:
-        return backstore_failure(exc, True)
+        return backstore_failure(exc, True, dev)
     return GOOD
 
 
@@ -408,7 +412,7 @@ def _compare_and_write(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes |
             dev.backstore.writev(lba * bs, [memoryview(data)[n * bs:]],
                                  bool(cdb[1] & 0x08) or dev.write_through)
     except OSError as exc:
-        return backstore_failure(exc, True)
+        return backstore_failure(exc, True, dev)
     return GOOD
 
 

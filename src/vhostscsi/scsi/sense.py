@@ -56,6 +56,10 @@ class Reason:
     ADDRESS_OUT_OF_RANGE = check(ILLEGAL_REQUEST, 0x21, 0x00)
     INVALID_FIELD_IN_COMMAND_IU = check(ILLEGAL_REQUEST, 0x0E, 0x03)
     LOGICAL_UNIT_COMMUNICATION_FAILURE = check(NOT_READY, 0x08, 0x00)
+    # An offline device (Device.set_offline): its medium is gone (backing file deleted, block device
+    # removed), as LIO answers for a missing medium; or not ready for a cause it cannot report.
+    MEDIUM_NOT_PRESENT = check(NOT_READY, 0x3A, 0x00)
+    LOGICAL_UNIT_NOT_READY = check(NOT_READY, 0x04, 0x00)
     INSUFFICIENT_REGISTRATION_RESOURCES = check(ILLEGAL_REQUEST, 0x55, 0x04)
     # Backstore failures (errno -> sense; see backstores/errors.py)
     SPACE_ALLOCATION_FAILED = check(DATA_PROTECT, 0x27, 0x07)

@@ -88,6 +88,10 @@ class Daemon:
         changed, _ = self.watch.changed()
         if changed:
             self.reload(f"{self.config_path} changed")
+        try:
+            self.devices.check_media()  # a deleted backing file / removed device -> its LUNs NOT READY
+        except Exception:  # a bug here must not stop the tick (nor the config watch)
+            log.exception("checking the disks failed")
         self.loop.call_later(self.watch_interval, self._poll_config)
 
     def reload(self, reason: str) -> None:
@@ -114,6 +118,7 @@ class Daemon:
         for step in steps:
             self._step(step, new, failed_devices, failed_targets)
         self.applied = _without(new, failed_devices, failed_targets)
+        self.devices.reopen_offline()  # a restored backing file comes back on reload
         resized = self.refresh_capacities()
         if not steps and not resized:
             log.info("configuration unchanged")

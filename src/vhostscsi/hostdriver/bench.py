@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
               f"--indirect", file=sys.stderr)
         return 2
     if args.inproc:
+        args.indirect = True  # in-process mode fills the whole ring: one indirect descriptor per request
         print(run_inproc(args))
         return 0
     try:

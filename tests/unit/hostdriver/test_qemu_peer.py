@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from hostdriver_pump import Pump
+from tests.restart.qemu10 import find_reconnecting_qemu
 from vhostscsi.backstores.ramdisk import RamdiskBackstore
 from vhostscsi.scsi import Device, TargetPort
 from vhostscsi.vhost_user import codec
@@ -171,11 +172,12 @@ def test_seabios_boots_from_our_lun(tmp_path, mem_slots: bool) -> None:
         disk.close()
 
 
-QEMU_RECONNECT = os.environ.get("VHOSTSCSI_QEMU_RECONNECT")  # a QEMU >= 8.2 (Debian backports' 10.0 works)
+_RECONNECTING = find_reconnecting_qemu()  # QEMU 10 beside the system 7.2 (scripts/setup unpacks it), or why not
+QEMU_RECONNECT = None if isinstance(_RECONNECTING, str) else _RECONNECTING.binary
 
 
 @pytest.mark.guest
-@pytest.mark.skipif(not QEMU_RECONNECT, reason="set VHOSTSCSI_QEMU_RECONNECT to a QEMU that can reconnect")
+@pytest.mark.skipif(not QEMU_RECONNECT, reason=f"no QEMU that reconnects: {_RECONNECTING}")
 def test_qemu_reconnects_to_a_new_back_end_with_the_inflight_area(tmp_path) -> None:
     """The back end dies after boot; QEMU reconnects to a fresh Session, hands back the in-flight area it got
     from the first one (SET_INFLIGHT_FD without a new GET), and the request ring restarts where it was."""

@@ -31,7 +31,6 @@ class CrashBeforePush(InflightQueue):
         raise Crash()
 
 
-@pytest.mark.xfail(strict=True, reason="VirtioScsi.resubmit drops recovered event-queue buffers (fix pending)")
 def test_event_buffer_taken_by_a_dead_back_end_comes_back_as_events_missed() -> None:
     ram = GuestRam(64 * 4096)
     drv = DriverRing(ram, 8)

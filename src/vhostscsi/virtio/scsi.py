@@ -175,8 +175,16 @@ class VirtioScsi:
     def resubmit(self, index: int, chains: Sequence[Chain]) -> int:
         """Run chains recovered from the in-flight area (taken by a previous process, never completed)."""
         vq = self.queues[index]
-        if vq is None or index == EVENT_QUEUE:
-            return 0  # event buffers carry no request: they come back when events need them
+        if vq is None:
+            return 0
+        if index == EVENT_QUEUE:
+            # Taken to carry an event the dead process never delivered: hand each back as "no event, events
+            # missed" (Linux rescans, then posts the buffer again) rather than keep it from the guest for good.
+            missed = _EVENT.pack(T_NO_EVENT | T_EVENTS_MISSED, bytes(8), 0)
+            for chain in chains:
+                usable = chain.error is None and chain.in_len() >= EVENT_SIZE
+                vq.push(chain.head, _scatter(chain.in_, missed) if usable else 0)
+            return len(chains)
         handle = self._handle_ctrl if index == CONTROL_QUEUE else self._handle_cmd
         for chain in chains:
             vq.push(chain.head, handle(chain))

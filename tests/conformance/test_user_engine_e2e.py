@@ -25,7 +25,7 @@ from conformance.lio_config import write_config
 from conformance.lio_setup import LUNS, TARGET_WWN
 from conformance.replay import DATA, load_capture
 from vhostscsi.engines.user.paths import socket_path
-from vhostscsi.guestkit import GuestImage, GuestkitError, boot_guest, qemu_binary, sg3_utils
+from vhostscsi.guestkit import GuestImage, MissingHostPart, boot_guest, qemu_binary, sg3_utils
 from vhostscsi.integrations.qemu import memory_backend_args, parse_pci, user_device_args
 
 pytestmark = pytest.mark.guest
@@ -55,7 +55,7 @@ def test_guest_sees_lio_bytes_through_our_user_engine(tmp_path: Path) -> None:
             init_script=FIND_SG + case_script(E2E_CASES),
             extra_files={f"/cases/{i}.out": c.data_out for i, c in enumerate(E2E_CASES) if c.data_out},
         )
-    except GuestkitError as exc:
+    except MissingHostPart as exc:
         pytest.skip(str(exc))
     config, sockdir = tmp_path / "saveconfig.json", tmp_path / "run"
     write_config(config, tmp_path)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vhostscsi.config.store import load_config
-from vhostscsi.guestkit import GuestkitError, find_kernel, qemu_binary
+from vhostscsi.guestkit import MissingHostPart, find_kernel, qemu_binary
 
 pytestmark = pytest.mark.guest
 
@@ -24,7 +24,7 @@ def test_demo_creates_serves_boots_and_stops_cleanly(tmp_path: Path) -> None:
     try:
         qemu_binary()
         find_kernel()
-    except GuestkitError as e:
+    except MissingHostPart as e:
         pytest.skip(str(e))
     first = demo(tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr

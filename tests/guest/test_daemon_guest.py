@@ -29,7 +29,7 @@ from vhostscsi.guestkit import (
     VIRTIO_SCSI_MODULES,
     Guest,
     GuestImage,
-    GuestkitError,
+    MissingHostPart,
     qemu_command,
     shared_memory_args,
 )
@@ -83,7 +83,7 @@ def daemon_image() -> GuestImage:
     try:
         return GuestImage.build(extra_binaries=["/usr/bin/lsscsi", GNU_DD], modules=VIRTIO_SCSI_MODULES,
                                 init_script=SCRIPT)
-    except GuestkitError as e:
+    except MissingHostPart as e:
         pytest.skip(str(e))
 
 

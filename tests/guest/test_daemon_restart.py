@@ -23,7 +23,7 @@ import pytest
 
 from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
 from vhostscsi.config.store import save_config
-from vhostscsi.guestkit import GNU_DD, VIRTIO_SCSI_MODULES, GuestImage, GuestkitError, shared_memory_args, start_guest
+from vhostscsi.guestkit import GNU_DD, VIRTIO_SCSI_MODULES, GuestImage, MissingHostPart, shared_memory_args, start_guest
 
 pytestmark = pytest.mark.guest
 
@@ -67,7 +67,7 @@ def test_guest_io_survives_daemon_restart_and_crash(tmp_path: Path) -> None:
     qemu, extra, reconnect = reconnecting_qemu()
     try:
         img = GuestImage.build(extra_binaries=[GNU_DD], modules=VIRTIO_SCSI_MODULES, init_script=SCRIPT)
-    except GuestkitError as e:
+    except MissingHostPart as e:
         pytest.skip(str(e))
     disk = tmp_path / "disk0.img"
     with open(disk, "wb") as f:

@@ -24,7 +24,7 @@ import pytest
 
 from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
 from vhostscsi.config.store import save_config
-from vhostscsi.guestkit import GuestImage, GuestkitError, boot_guest
+from vhostscsi.guestkit import GuestImage, MissingHostPart, boot_guest
 
 pytestmark = pytest.mark.guest
 
@@ -149,7 +149,7 @@ def test_kernel_apply_in_a_real_lio(tmp_path: Path) -> None:
     try:
         img = GuestImage.build(None, modules=["virtio_pci", "9pnet_virtio", "9p"], init_script=script,
                                kernel=kernel)
-    except GuestkitError as exc:
+    except MissingHostPart as exc:
         pytest.skip(str(exc))
     console = boot_guest(img, qemu_args=[
         "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",

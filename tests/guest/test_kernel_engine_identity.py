@@ -22,7 +22,7 @@ import pytest
 from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
 from vhostscsi.config.store import save_config
 from vhostscsi.engines.user.devices import DeviceTable
-from vhostscsi.guestkit import GuestImage, GuestkitError, boot_guest
+from vhostscsi.guestkit import GuestImage, MissingHostPart, boot_guest
 from vhostscsi.scsi import TargetPort
 
 from test_kernel_engine import generic_kernel  # same directory (rootdir-relative import)
@@ -152,7 +152,7 @@ def test_lio_from_kernel_apply_answers_like_our_core(tmp_path: Path) -> None:
     try:
         img = GuestImage.build(None, modules=["virtio_pci", "9pnet_virtio", "9p"], init_script=script,
                                kernel=kernel)
-    except GuestkitError as exc:
+    except MissingHostPart as exc:
         pytest.skip(str(exc))
     console = boot_guest(img, qemu_args=[
         "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",

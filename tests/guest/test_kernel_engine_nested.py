@@ -20,7 +20,7 @@ from test_kernel_engine import generic_kernel  # same directory (rootdir-relativ
 
 from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
 from vhostscsi.config.store import save_config
-from vhostscsi.guestkit import VIRTIO_SCSI_MODULES, GuestImage, GuestkitError, boot_guest, sg3_utils
+from vhostscsi.guestkit import VIRTIO_SCSI_MODULES, GuestImage, MissingHostPart, boot_guest, sg3_utils
 
 pytestmark = [pytest.mark.guest, pytest.mark.slow]
 
@@ -84,7 +84,7 @@ def test_inner_guest_sees_the_seeds_disk_through_kernel_vhost_scsi(tmp_path: Pat
                   .replace("@INITRD@", str(inner.initrd)))
         outer = GuestImage.build(None, modules=["virtio_pci", "9pnet_virtio", "9p"], init_script=script,
                                  kernel=outer_kernel)
-    except GuestkitError as exc:
+    except MissingHostPart as exc:
         pytest.skip(str(exc))
     console = boot_guest(outer, qemu_args=[
         "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",

@@ -164,11 +164,11 @@ def test_libvirt_runs_the_user_engine_domain_against_the_daemon(embed_root: Path
 
     from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
     from vhostscsi.config.store import save_config
-    from vhostscsi.guestkit import VIRTIO_SCSI_MODULES, GuestImage, GuestkitError
+    from vhostscsi.guestkit import VIRTIO_SCSI_MODULES, GuestImage, MissingHostPart
 
     try:
         img = GuestImage.build(embed_root / "img", modules=VIRTIO_SCSI_MODULES, init_script=GUEST_SCRIPT)
-    except GuestkitError as exc:
+    except MissingHostPart as exc:
         pytest.skip(str(exc))
     for path in (embed_root / "img", img.initrd):
         os.chmod(path, 0o755)

@@ -19,7 +19,7 @@ import pytest
 
 from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
 from vhostscsi.config.store import save_config
-from vhostscsi.guestkit import VIRTIO_SCSI_MODULES, GuestImage, GuestkitError, boot_guest
+from vhostscsi.guestkit import VIRTIO_SCSI_MODULES, GuestImage, MissingHostPart, boot_guest
 from vhostscsi.integrations.cli import run
 
 pytestmark = pytest.mark.guest
@@ -48,7 +48,7 @@ def test_printed_user_engine_args_reach_the_daemon(tmp_path: Path) -> None:
     sockets = tmp_path / "sockets"
     try:
         img = GuestImage.build(None, modules=VIRTIO_SCSI_MODULES, init_script=GUEST_SCRIPT)
-    except GuestkitError as exc:
+    except MissingHostPart as exc:
         pytest.skip(str(exc))
     args = run(["qemu-args", WWN, "--engine", "user", "--config", str(config), "--socket-dir", str(sockets),
                 "--memory", f"{MEMORY_MB}M"]).split()

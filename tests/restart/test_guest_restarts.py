@@ -31,7 +31,7 @@ from restart.harness import (
 )
 from restart.qemu10 import Qemu
 
-from vhostscsi.guestkit import GNU_DD, VIRTIO_SCSI_MODULES, GuestImage, GuestkitError, shared_memory_args, start_guest
+from vhostscsi.guestkit import GNU_DD, VIRTIO_SCSI_MODULES, GuestImage, MissingHostPart, shared_memory_args, start_guest
 
 pytestmark = pytest.mark.guest
 
@@ -53,7 +53,7 @@ def run_restarts(qemu10: Qemu, workdir: Path, graceful: int, kills: int, mode: s
     rng = random.Random(seed)
     try:
         img = GuestImage.build(extra_binaries=[FIO, GNU_DD], modules=VIRTIO_SCSI_MODULES, init_script=guest_script())
-    except GuestkitError as e:
+    except MissingHostPart as e:
         pytest.skip(str(e))
     config, disk = make_config(workdir)
     held = hold_socket(workdir) if mode == "activation" else None

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from restart.harness import Serve, make_config
 
-from vhostscsi.guestkit import GNU_DD, VIRTIO_SCSI_MODULES, GuestImage, GuestkitError, shared_memory_args, start_guest
+from vhostscsi.guestkit import GNU_DD, VIRTIO_SCSI_MODULES, GuestImage, MissingHostPart, shared_memory_args, start_guest
 from vhostscsi.engines.user.restart import qemu_version_of
 
 pytestmark = pytest.mark.guest
@@ -28,7 +28,7 @@ def test_qemu72_guest_is_served_and_warned_about_restarts(tmp_path: Path) -> Non
         pytest.skip("no qemu-system-x86_64")
     try:
         img = GuestImage.build(extra_binaries=[GNU_DD], modules=VIRTIO_SCSI_MODULES, init_script=SCRIPT)
-    except GuestkitError as e:
+    except MissingHostPart as e:
         pytest.skip(str(e))
     config, _disk = make_config(tmp_path)
     daemon = Serve(tmp_path, config, 0)

@@ -14,7 +14,7 @@ from vhostscsi.guestkit.boot import (
 from vhostscsi.guestkit.binaries import GNU_DD, sg3_utils
 from vhostscsi.guestkit.image import GuestImage, default_cache_dir
 from vhostscsi.guestkit.qmp import Qmp, qmp_args
-from vhostscsi.guestkit.kernel import GuestkitError, Kernel, find_kernel, resolve_modules
+from vhostscsi.guestkit.kernel import GuestkitError, Kernel, MissingHostPart, find_kernel, resolve_modules
 from vhostscsi.guestkit.snippets import (
     EXIT_MARKER,
     HOST_ROOT,
@@ -37,6 +37,7 @@ __all__ = [
     "GuestError",
     "GuestImage",
     "GuestkitError",
+    "MissingHostPart",
     "Kernel",
     "LIO_MODULES",
     "LOAD_MODULES",

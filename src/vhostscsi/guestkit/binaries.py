@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from vhostscsi.guestkit.kernel import GuestkitError
+from vhostscsi.guestkit.kernel import GuestkitError, MissingHostPart
 
 __all__ = ["GNU_DD", "resolve_binary", "sg3_utils", "shared_libraries"]
 
@@ -27,7 +27,7 @@ def resolve_binary(name: str) -> Path:
     """A program named by path or looked up on PATH."""
     found = name if os.sep in name else shutil.which(name)
     if not found or not os.path.isfile(found):
-        raise GuestkitError(f"program {name!r} not found on this host: install the package that has it")
+        raise MissingHostPart(f"program {name!r} not found on this host: install the package that has it")
     return Path(found)
 
 
@@ -53,5 +53,5 @@ def sg3_utils() -> list[str]:
     knows in advance which one it will want to run by hand in a failing guest."""
     tools = sorted(glob.glob("/usr/bin/sg_*"))
     if not tools:
-        raise GuestkitError("sg3_utils not found: install sg3-utils")
+        raise MissingHostPart("sg3_utils not found: install sg3-utils")
     return tools

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from vhostscsi.guestkit.image import GuestImage
-from vhostscsi.guestkit.kernel import GuestkitError
+from vhostscsi.guestkit.kernel import GuestkitError, MissingHostPart
 from vhostscsi.guestkit.snippets import EXIT_MARKER
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def qemu_binary(name: str = QEMU) -> str:
     """Path of the QEMU binary, or GuestkitError (tests turn that into a skip with the reason)."""
     found = shutil.which(name)
     if not found:
-        raise GuestkitError(f"{name} not found: install qemu-system-x86")
+        raise MissingHostPart(f"{name} not found: install qemu-system-x86")
     return found
 
 

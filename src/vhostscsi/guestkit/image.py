@@ -20,7 +20,7 @@ from pathlib import Path
 
 from vhostscsi.guestkit.binaries import resolve_binary, shared_libraries
 from vhostscsi.guestkit.cpio import Entry, write_cpio
-from vhostscsi.guestkit.kernel import GuestkitError, Kernel, find_kernel, module_bytes, resolve_modules
+from vhostscsi.guestkit.kernel import Kernel, MissingHostPart, find_kernel, module_bytes, resolve_modules
 from vhostscsi.guestkit.snippets import MODULE_LIST, wrap_init
 
 __all__ = ["GuestImage", "default_cache_dir", "prune_cache", "BUSYBOX", "CACHE_LIMIT"]
@@ -143,7 +143,7 @@ def prune_cache(cache_dir: Path, limit_bytes: int = CACHE_LIMIT, keep: Path | No
 
 def _busybox_applets() -> list[str]:
     if not os.path.isfile(BUSYBOX):
-        raise GuestkitError(f"{BUSYBOX} not found: install busybox-static")
+        raise MissingHostPart(f"{BUSYBOX} not found: install busybox-static")
     res = subprocess.run([BUSYBOX, "--list-full"], capture_output=True, text=True, check=True)
     return [line.strip().lstrip("/") for line in res.stdout.splitlines() if line.strip()]
 

@@ -17,11 +17,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Kernel", "GuestkitError", "find_kernel", "resolve_modules", "module_bytes"]
+__all__ = ["Kernel", "GuestkitError", "MissingHostPart", "find_kernel", "resolve_modules", "module_bytes"]
 
 
 class GuestkitError(RuntimeError):
-    """Something a guest image or boot needs is missing; the message says what and where."""
+    """A guest image cannot be built or booted; the message says what and where."""
+
+
+class MissingHostPart(GuestkitError):
+    """A program or kernel this host has not installed (the fix is a package).
+
+    Kept apart from other GuestkitErrors so that tests skip only when the machine lacks a part, and
+    fail when the image builder itself is wrong (a module that cannot be resolved, ldd failing, ...).
+    """
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,7 @@ def find_kernel(
             found.append(kernel)
     if not found:
         what = f" with modules {', '.join(needs)}" if needs else ""
-        raise GuestkitError(
+        raise MissingHostPart(
             f"no kernel in /boot{what} (and its /lib/modules): install linux-image-cloud-amd64"
             + (" or linux-image-amd64" if needs else "")
         )
@@ -180,7 +188,7 @@ def module_bytes(kernel: Kernel, rel: str) -> tuple[str, bytes]:
     if rel.endswith(".zst"):
         out = subprocess.run(["zstd", "-dc", str(src)], capture_output=True, check=False)
         if out.returncode != 0:
-            raise GuestkitError(f"cannot decompress {src}: install zstd")
+            raise MissingHostPart(f"cannot decompress {src}: install zstd")
         return dest[:-4], out.stdout
     if rel.endswith(".gz"):
         return dest[:-3], gzip.decompress(data)

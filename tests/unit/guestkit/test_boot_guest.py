@@ -11,7 +11,7 @@ from vhostscsi.guestkit import (
     VIRTIO_SCSI_MODULES,
     GuestError,
     GuestImage,
-    GuestkitError,
+    MissingHostPart,
     boot_guest,
     qemu_binary,
     start_guest,
@@ -40,7 +40,7 @@ def image() -> GuestImage:
                 "exit 7\n"
             ),
         )
-    except GuestkitError as exc:
+    except MissingHostPart as exc:
         pytest.skip(str(exc))
 
 
@@ -94,7 +94,7 @@ def test_kernel_panic_is_an_error_not_a_clean_exit(tmp_path: Path) -> None:
     try:
         qemu_binary()
         img = GuestImage.build(None, init_script="echo 1 > /proc/sys/kernel/sysrq\necho c > /proc/sysrq-trigger\n")
-    except GuestkitError as exc:
+    except MissingHostPart as exc:
         pytest.skip(str(exc))
     with pytest.raises(GuestError, match="kernel panic or crash") as info:
         boot_guest(img, timeout=120, workdir=tmp_path)  # DEFAULT_APPEND: quiet, loglevel=0

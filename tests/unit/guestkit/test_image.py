@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vhostscsi.guestkit import GuestImage, GuestkitError, find_kernel
+from vhostscsi.guestkit import GuestImage, GuestkitError, MissingHostPart, find_kernel
 
 pytestmark = pytest.mark.skipif(
     shutil.which("cpio") is None or not Path("/usr/bin/busybox").exists(),
@@ -29,7 +29,7 @@ def listing(img: GuestImage) -> dict[str, str]:
 def kernel_ok() -> None:
     try:
         find_kernel()
-    except GuestkitError as exc:
+    except MissingHostPart as exc:
         pytest.skip(str(exc))
 
 

@@ -19,7 +19,7 @@ from vhostscsi.guestkit import (
     GNU_DD,
     VIRTIO_SCSI_MODULES,
     GuestImage,
-    GuestkitError,
+    MissingHostPart,
     qemu_command,
     shared_memory_args,
 )
@@ -72,7 +72,7 @@ def image() -> GuestImage:
     try:
         return GuestImage.build(extra_binaries=[GNU_DD, "/usr/bin/sg_reset"], modules=VIRTIO_SCSI_MODULES,
                                 init_script=SCRIPT)
-    except GuestkitError as e:
+    except MissingHostPart as e:
         pytest.skip(str(e))
 
 

@@ -76,7 +76,8 @@ class Guest:
 class Daemon:
     """A running `vhostscsi serve` (or a wrapper script that runs it after patching something)."""
 
-    def __init__(self, workdir: Path, config: Path, *, wrapper: Path | None = None) -> None:
+    def __init__(self, workdir: Path, config: Path, *, wrapper: Path | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.config = config
         self.sockdir = workdir / "run"
@@ -86,7 +87,8 @@ class Daemon:
             wrapper = HERE / "mutant_serve.py"
         entry = [str(wrapper)] if wrapper else ["-m", "vhostscsi"]
         self.proc = subprocess.Popen(
-            [sys.executable, *entry, "serve", "--config", str(config), "--socket-dir", str(self.sockdir)],
+            [sys.executable, *entry, "serve", "--config", str(config), "--socket-dir", str(self.sockdir),
+             *extra_args],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
 

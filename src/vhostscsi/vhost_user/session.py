@@ -64,11 +64,25 @@ from vhostscsi.virtio.virtqueue import MAX_QUEUE_SIZE, Chain, SplitVirtqueue, Vi
 
 __all__ = [
     "Action", "CallFd", "ErrFd", "KickFd", "MemoryChanged", "Response", "RingEnabled", "RingStarted",
-    "RingStopped", "Session",
+    "RingStopped", "Session", "UnsealedMemoryRefused",
 ]
 
 class _RequestFailed(Exception):
     """One request cannot be honoured; REPLY_ACK gets a failure, the connection lives on."""
+
+
+class UnsealedMemoryRefused(ProtocolError):
+    """The front end offered memory whose file cannot be sealed against shrinking, and the daemon was not told to
+    accept that. Its owner could truncate the file under our mapping, and our next access would be a SIGBUS that
+    kills the whole daemon with every guest on it; so the connection is refused, with a message that says what
+    to give QEMU instead."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what} is in a file that cannot be sealed against shrinking (memory-backend-file, hugetlbfs, or a "
+            f"memfd without sealing): refused, since its owner could truncate it under the daemon and crash it; "
+            f"give QEMU -object memory-backend-memfd,share=on (hugetlb=on for huge pages), or start the daemon "
+            f"with --allow-unsealed-memory to accept that risk")
 
 
 @dataclass(slots=True)
@@ -113,10 +127,15 @@ class Session:
         *,
         features: int = DEFAULT_FEATURES,
         protocol_features: int = DEFAULT_PROTOCOL_FEATURES,
+        allow_unsealed_memory: bool = False,
     ) -> None:
+        """``allow_unsealed_memory``: accept guest RAM and in-flight areas whose file cannot be sealed against
+        shrinking (`UnsealedMemoryRefused` otherwise). Off by default: one hostile front end could then kill the
+        daemon and every other guest served by it."""
         if not 1 <= num_queues <= 256:
             raise ValueError(f"num_queues {num_queues} out of 1..256")
         self.num_queues = num_queues
+        self.allow_unsealed_memory = allow_unsealed_memory
         self.offered_features = features
         self.offered_protocol_features = protocol_features
         self.features = 0
@@ -326,6 +345,10 @@ class Session:
             memory = GuestMemory.map_fds(table, msg.fds)
         except GuestMemoryError as e:
             raise _RequestFailed(str(e)) from e
+        unsealed = [r for r in memory.regions if not r.sealed]
+        if unsealed and not self.allow_unsealed_memory:
+            memory.close()
+            raise UnsealedMemoryRefused(f"guest RAM at gpa {unsealed[0].gpa:#x}")
         _close_fds(msg.fds)  # the mappings stay valid without their fds
         old = self.memory
         self._use_memory(memory, actions)
@@ -359,6 +382,9 @@ class Session:
             region = GuestMemory.map_region(*desc, msg.fds[0])
         except GuestMemoryError as e:
             raise _RequestFailed(str(e)) from e
+        if not region.sealed and not self.allow_unsealed_memory:
+            region.unmap()
+            raise UnsealedMemoryRefused(f"guest RAM at gpa {region.gpa:#x}")
         try:
             memory = self.memory.with_region(region) if self.memory is not None else GuestMemory([region])
         except GuestMemoryError as e:
@@ -491,9 +517,11 @@ class Session:
             raise _RequestFailed(f"in-flight area of {info.mmap_size} bytes, queue size {info.queue_size}")
         try:
             # sealed against shrinking (ours from GET_INFLIGHT_FD already is) and big enough: else a SIGBUS
-            seal_and_check_size(msg.fds[0], info.mmap_offset + info.mmap_size, "in-flight area")
+            sealed = seal_and_check_size(msg.fds[0], info.mmap_offset + info.mmap_size, "in-flight area")
         except GuestMemoryError as e:
             raise _RequestFailed(str(e)) from e
+        if not sealed and not self.allow_unsealed_memory:
+            raise UnsealedMemoryRefused("the in-flight area")
         try:
             m = mmap.mmap(msg.fds[0], info.mmap_offset + info.mmap_size, mmap.MAP_SHARED)
         except (OSError, ValueError, OverflowError) as e:

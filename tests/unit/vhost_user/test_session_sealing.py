@@ -14,7 +14,7 @@ from vhostscsi.hostdriver.guestram import GuestRam
 from vhostscsi.vhost_user import codec
 from vhostscsi.vhost_user.codec import Message
 from vhostscsi.vhost_user.protocol import DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES, FLAG_NEED_REPLY, VERSION, Request
-from vhostscsi.vhost_user.session import MemoryChanged, Session
+from vhostscsi.vhost_user.session import MemoryChanged, Session, UnsealedMemoryRefused
 from vhostscsi.virtio.memory import GuestMemory, GuestMemoryError, seal_and_check_size
 
 PAGE = 4096
@@ -24,8 +24,8 @@ def msg(req: int, payload: bytes = b"", fds: tuple[int, ...] = (), need_reply: b
     return Message(req, VERSION | (FLAG_NEED_REPLY if need_reply else 0), payload, fds)
 
 
-def session() -> Session:
-    s = Session(num_queues=3)
+def session(**kw: bool) -> Session:
+    s = Session(num_queues=3, **kw)
     s.handle(msg(Request.SET_PROTOCOL_FEATURES, codec.pack_u64(DEFAULT_PROTOCOL_FEATURES)))
     s.handle(msg(Request.SET_OWNER))
     s.handle(msg(Request.SET_FEATURES, codec.pack_u64(DEFAULT_FEATURES)))
@@ -61,14 +61,69 @@ def test_qemu_style_already_sealed_memfd_is_accepted() -> None:
         s.close()
 
 
-def test_an_unsealable_memfd_is_accepted_but_flagged() -> None:
-    with GuestRam(16 * PAGE, allow_sealing=False) as ram:
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_an_unsealable_memfd_is_refused_by_default_and_nothing_stays_mapped() -> None:
+    """One front end able to shrink its RAM could SIGBUS the daemon and every guest on it: refused, with a
+    message naming what to give QEMU instead; the fds that came with the message are closed, no mapping kept."""
+    with GuestRam(16 * PAGE, regions=2, allow_sealing=False) as ram:
         s = session()
+        before = _open_fds()
+        maps_before = open("/proc/self/maps").read().count("memfd:")
+        with pytest.raises(UnsealedMemoryRefused, match="memory-backend-memfd.*--allow-unsealed-memory"):
+            set_mem(s, ram)
+        assert s.memory is None
+        assert _open_fds() == before  # the dups set_mem sent were closed by the session
+        assert open("/proc/self/maps").read().count("memfd:") == maps_before
+        s.close()
+
+
+def test_an_unsealable_region_added_later_is_refused() -> None:
+    from vhostscsi.vhost_user.protocol import ProtocolFeature, bit
+    with GuestRam(16 * PAGE) as good, GuestRam(16 * PAGE, allow_sealing=False) as bad:
+        s = Session(num_queues=3)
+        s.handle(msg(Request.SET_PROTOCOL_FEATURES,
+                     codec.pack_u64(DEFAULT_PROTOCOL_FEATURES | bit(ProtocolFeature.CONFIGURE_MEM_SLOTS))))
+        s.handle(msg(Request.SET_OWNER))
+        s.handle(msg(Request.SET_FEATURES, codec.pack_u64(DEFAULT_FEATURES)))
+        g = good.regions[0]
+        s.handle(msg(Request.ADD_MEM_REG, codec.pack_single_region(g), (os.dup(good.fd),), need_reply=True))
+        assert s.memory is not None and len(s.memory.regions) == 1
+        b = bad.regions[0]._replace(guest_phys_addr=1 << 32, userspace_addr=g.userspace_addr + (1 << 32))
+        with pytest.raises(UnsealedMemoryRefused):
+            s.handle(msg(Request.ADD_MEM_REG, codec.pack_single_region(b), (os.dup(bad.fd),), need_reply=True))
+        assert len(s.memory.regions) == 1
+        s.close()
+
+
+def test_an_unsealable_memfd_is_accepted_but_flagged_when_allowed() -> None:
+    with GuestRam(16 * PAGE, allow_sealing=False) as ram:
+        s = session(allow_unsealed_memory=True)
         r = set_mem(s, ram)
         assert r.replies[0].payload == codec.pack_u64(0)
         changed = [a for a in r.actions if isinstance(a, MemoryChanged)]
         assert changed and not any(reg.sealed for reg in changed[0].memory.regions)
         s.close()
+
+
+def test_an_unsealable_inflight_fd_is_refused_by_default() -> None:
+    fd = os.memfd_create("inflight", 0)  # no MFD_ALLOW_SEALING
+    os.ftruncate(fd, 4 * PAGE)
+    payload = codec.pack_inflight(codec.Inflight(4 * PAGE, 0, 3, 8))
+    s = session()
+    with pytest.raises(UnsealedMemoryRefused, match="in-flight area"):
+        s.handle(msg(Request.SET_INFLIGHT_FD, payload, (fd,), need_reply=True))
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed by the session, not leaked
+    s.close()
+    fd = os.memfd_create("inflight", 0)
+    os.ftruncate(fd, 4 * PAGE)
+    s = session(allow_unsealed_memory=True)
+    r = s.handle(msg(Request.SET_INFLIGHT_FD, payload, (fd,), need_reply=True))
+    assert codec.unpack_u64(r.replies[0].payload) == 0
+    s.close()
 
 
 def test_a_plain_file_is_accepted_unsealed(tmp_path) -> None:

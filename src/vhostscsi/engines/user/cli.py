@@ -1,4 +1,4 @@
-"""`vhostscsi serve [--config PATH] [--socket-dir DIR] [-v]`: run the user engine in the foreground.
+"""`vhostscsi serve [--config PATH] [--socket-dir DIR] [--allow-unsealed-memory] [-v]`: run the user engine in the foreground.
 
 Foreground on purpose: systemd (contrib/systemd/vhostscsi.service) or the admin's terminal supervises it, and
 logs go to stderr, where the journal picks them up.
@@ -25,6 +25,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help=f"saved configuration (default: {default_config_path()})")
     p.add_argument("--socket-dir", type=Path, default=None, metavar="DIR",
                    help=f"where <wwn>.sock sockets are created (default: {default_socket_dir()})")
+    p.add_argument("--allow-unsealed-memory", action="store_true",
+                   help="serve guests whose RAM is a file that cannot be sealed against shrinking "
+                        "(memory-backend-file, hugetlbfs): such a QEMU could crash the daemon and every guest on it")
     p.add_argument("-v", "--verbose", action="store_true", help="log every vhost-user message")
     return p.parse_args(argv)
 
@@ -44,7 +47,7 @@ def main(argv: list[str]) -> int:
 
     config = args.config or default_config_path()
     socket_dir = args.socket_dir or default_socket_dir()
-    daemon = Daemon(config, socket_dir)
+    daemon = Daemon(config, socket_dir, allow_unsealed_memory=args.allow_unsealed_memory)
     try:
         daemon.start()
     except (ConfigError, ListenerError) as e:

@@ -29,6 +29,7 @@ from vhostscsi.vhost_user.session import (
     RingStarted,
     RingStopped,
     Session,
+    UnsealedMemoryRefused,
 )
 from vhostscsi.virtio.scsi import EVENT_QUEUE, FIRST_REQUEST_QUEUE, VirtioScsi
 
@@ -77,13 +78,16 @@ class Connection:
         ports: Mapping[int, object],
         nexus: Mapping[int, str],
         on_closed: Callable[["Connection"], None],
+        *,
+        allow_unsealed_memory: bool = False,
     ) -> None:
         self.loop = loop
         self.sock = sock
         self.peer = peer
         self.label = label
         self._on_closed = on_closed
-        self.session = Session(num_queues=FIRST_REQUEST_QUEUE + MAX_REQUEST_QUEUES)
+        self.session = Session(num_queues=FIRST_REQUEST_QUEUE + MAX_REQUEST_QUEUES,
+                               allow_unsealed_memory=allow_unsealed_memory)
         self.device = VirtioScsi(ports, nexus)
         self.rings = [RingIO(i, label) for i in range(self.session.num_queues)]
         self.decoder = Decoder()
@@ -136,6 +140,11 @@ class Connection:
         arrived = {fd: _identity(fd) for fd in msg.fds}
         try:
             response = self.session.handle(msg)
+        except UnsealedMemoryRefused as e:
+            _close_unclaimed(arrived, ())
+            log.error("%s: %s: %s", self.label, self.peer, e)
+            self.close("refused")
+            return
         except ProtocolError as e:
             _close_unclaimed(arrived, ())
             self.close(f"protocol error: {e}")
@@ -181,8 +190,9 @@ class Connection:
                 if not self._warned_unsealed and not all(r.sealed for r in regions):
                     self._warned_unsealed = True
                     log.warning("%s: %s: guest RAM cannot be sealed against shrinking (hugetlbfs or plain file, or "
-                                "a memfd without sealing): if that process truncated it the daemon would die "
-                                "(SIGBUS); prefer -object memory-backend-memfd", self.label, self.peer)
+                                "a memfd without sealing), accepted because of --allow-unsealed-memory: if that "
+                                "process truncated it the daemon would die (SIGBUS); prefer -object "
+                                "memory-backend-memfd", self.label, self.peer)
         self._log_driver_state()
 
     def _set_kick(self, index: int, fd: int | None) -> None:

@@ -28,8 +28,10 @@ WATCH_INTERVAL = 1.0
 
 
 class Daemon:
-    def __init__(self, config_path: Path, socket_dir: Path, *, watch_interval: float = WATCH_INTERVAL) -> None:
+    def __init__(self, config_path: Path, socket_dir: Path, *, watch_interval: float = WATCH_INTERVAL,
+                 allow_unsealed_memory: bool = False) -> None:
         self.config_path = Path(config_path)
+        self.allow_unsealed_memory = allow_unsealed_memory
         self.socket_dir = Path(socket_dir)
         self.watch_interval = watch_interval
         self.loop = EventLoop()
@@ -158,7 +160,8 @@ class Daemon:
                 if self.devices.open(new.devices[path].so) is None:
                     failed_devices.add(path)
             case d.AddTarget(wwn):
-                svc = TargetService(self.loop, wwn, socket_path(self.socket_dir, wwn))
+                svc = TargetService(self.loop, wwn, socket_path(self.socket_dir, wwn),
+                                    allow_unsealed_memory=self.allow_unsealed_memory)
                 try:
                     svc.start()
                 except ListenerError as e:

@@ -21,8 +21,9 @@ log = logging.getLogger("vhostscsi.serve")
 
 
 class TargetService:
-    def __init__(self, loop: EventLoop, wwn: str, path: Path) -> None:
+    def __init__(self, loop: EventLoop, wwn: str, path: Path, *, allow_unsealed_memory: bool = False) -> None:
         self.loop = loop
+        self.allow_unsealed_memory = allow_unsealed_memory
         self.wwn = wwn
         self.path = path
         self.ports: dict[int, TargetPort] = {}
@@ -55,7 +56,8 @@ class TargetService:
         self.connections_served += 1
         log.info("%s: connected: %s", self.wwn, peer)
         log_restart_note(self.wwn, peer.pid, self.path)
-        self.connection = Connection(self.loop, sock, peer, self.wwn, self.ports, self.nexus, self._closed)
+        self.connection = Connection(self.loop, sock, peer, self.wwn, self.ports, self.nexus, self._closed,
+                                     allow_unsealed_memory=self.allow_unsealed_memory)
 
     def _closed(self, conn: Connection) -> None:
         if self.connection is conn:

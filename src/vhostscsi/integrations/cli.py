@@ -9,6 +9,7 @@ target in the saved configuration, so a typo shows up here rather than as a gues
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -49,6 +50,12 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     parser.add_argument("--socket-dir", type=Path,
                         help="where the daemon's sockets are (user engine; default /run/vhostscsi for "
                              "root, $XDG_RUNTIME_DIR/vhostscsi otherwise)")
+    parser.add_argument("--reconnect-ms", type=int, metavar="MS",
+                        help="user engine: QEMU reconnects to a restarted daemon after MS milliseconds, so the "
+                             "daemon can be upgraded under running guests (QEMU 8.2+)")
+    parser.add_argument("--qemu-version", metavar="X.Y",
+                        help="the QEMU the arguments are for, which decides the reconnect syntax (default: "
+                             "what qemu-system-x86_64 on PATH says; reconnect-ms= if there is none)")
     parser.add_argument("--config", type=Path,
                         help="saved configuration (default: $VHOSTSCSI_CONFIG or the standard path)")
     parser.add_argument("--no-check", action="store_true",
@@ -114,6 +121,41 @@ def check_combination(opts: argparse.Namespace) -> None:
         raise UsageError("--addr/--devno place one device: give one WWN at a time")
     if len(set(opts.wwns)) != len(opts.wwns):
         raise UsageError("the same WWN is given twice")
+    if opts.reconnect_ms is not None and opts.engine != "user":
+        raise UsageError("--reconnect-ms is for the user engine (--engine user): the kernel engine has no "
+                         "socket to reconnect")
+
+
+def installed_qemu_version() -> tuple[int, int] | None:
+    """MAJOR.MINOR of ``qemu-system-x86_64`` on PATH, or None if there is none (or it does not say)."""
+    import shutil
+    import subprocess
+
+    binary = shutil.which("qemu-system-x86_64")
+    if binary is None:
+        return None
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"version (\d+)\.(\d+)", out)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def reconnect_suffix(opts: argparse.Namespace) -> str:
+    """The chardev's reconnect option for ``--reconnect-ms``, in the syntax of the QEMU it is meant for."""
+    if opts.reconnect_ms is None:
+        return ""
+    if opts.qemu_version is not None:
+        return qemu.reconnect_option(opts.reconnect_ms, qemu.parse_qemu_version(opts.qemu_version))
+    installed = installed_qemu_version()
+    try:
+        return qemu.reconnect_option(opts.reconnect_ms, installed or qemu.RECONNECT_MS_SINCE)
+    except qemu.ArgumentError as exc:
+        if installed is None:
+            raise
+        raise UsageError(f"{exc} (that is the qemu-system-x86_64 on PATH; name the guest's QEMU with "
+                         f"--qemu-version X.Y)") from None
 
 
 def qemu_args(opts: argparse.Namespace) -> list[list[str]]:
@@ -123,8 +165,9 @@ def qemu_args(opts: argparse.Namespace) -> list[list[str]]:
     if opts.engine == "user":
         pairs += qemu.memory_backend_args(opts.memory)
         socket_dir = opts.socket_dir or default_socket_dir()
+        reconnect = reconnect_suffix(opts)
         for wwn in opts.wwns:
-            pairs += qemu.user_device_args(wwn, socket_for(socket_dir, wwn), pci)
+            pairs += qemu.user_device_args(wwn, socket_for(socket_dir, wwn), pci, reconnect=reconnect)
     elif opts.ccw:
         devno = qemu.parse_devno(opts.devno) if opts.devno else None
         for wwn in opts.wwns:
@@ -141,8 +184,10 @@ def libvirt_xml(opts: argparse.Namespace) -> str:
         pci = qemu.parse_pci(opts.bus, opts.addr)
         socket_dir = opts.socket_dir or default_socket_dir()
         device_args: list[str] = []
+        reconnect = reconnect_suffix(opts)
         for wwn in opts.wwns:
-            device_args += qemu.user_device_args(wwn, socket_for(socket_dir, wwn), pci, json_device=True)
+            device_args += qemu.user_device_args(wwn, socket_for(socket_dir, wwn), pci, json_device=True,
+                                                 reconnect=reconnect)
         qemu.check_memory(opts.memory)  # libvirt takes the size from <memory>; still refuse nonsense
         return libvirt.user_engine_xml(" ".join(opts.wwns), device_args)
     address: str | None = None

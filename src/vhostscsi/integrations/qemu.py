@@ -140,16 +140,48 @@ def memory_backend_args(memory: str) -> list[str]:
     ]
 
 
-def user_device_args(wwn: str, socket: Path, pci: PciSlot, *, json_device: bool = False) -> list[str]:
+# vhost-user-scsi survives a restarted back end since QEMU 8.2 (`reconnect=` seconds on -chardev socket);
+# 9.2 added `reconnect-ms=` and deprecated `reconnect=`.
+RECONNECT_SINCE = (8, 2)
+RECONNECT_MS_SINCE = (9, 2)
+_VERSION_RE = re.compile(r"^(\d+)\.(\d+)(?:\.\d+)?$")
+
+
+def parse_qemu_version(text: str) -> tuple[int, int]:
+    match = _VERSION_RE.match(text)
+    if not match:
+        raise ArgumentError(f"QEMU version {text!r}: use MAJOR.MINOR as 'qemu-system-x86_64 --version' prints it "
+                            f"(e.g. 9.2)")
+    return int(match[1]), int(match[2])
+
+
+def reconnect_option(reconnect_ms: int, version: tuple[int, int]) -> str:
+    """The -chardev socket option that makes QEMU reconnect to a restarted daemon, in ``version``'s syntax.
+
+    Without it QEMU gives up on the socket when the daemon restarts (an upgrade), and the guest's disk hangs.
+    """
+    if reconnect_ms <= 0:
+        raise ArgumentError(f"--reconnect-ms {reconnect_ms}: give a positive number of milliseconds (e.g. 1000)")
+    if version < RECONNECT_SINCE:
+        raise ArgumentError(f"QEMU {version[0]}.{version[1]}'s vhost-user-scsi cannot reconnect to a restarted "
+                            f"daemon (QEMU 8.2 and later can): leave out --reconnect-ms")
+    if version >= RECONNECT_MS_SINCE:
+        return f",reconnect-ms={reconnect_ms}"
+    return f",reconnect={-(-reconnect_ms // 1000)}"  # whole seconds, rounded up: never 0 (= off)
+
+
+def user_device_args(wwn: str, socket: Path, pci: PciSlot, *, json_device: bool = False,
+                     reconnect: str = "") -> list[str]:
     """The chardev and vhost-user-scsi-pci device for one target served by our daemon.
 
+    ``reconnect`` is a `reconnect_option` suffix for the chardev (empty: QEMU does not reconnect).
     ``json_device`` writes the device in QEMU's JSON syntax, for libvirt: libvirt passes its own
     devices as JSON with fixed PCI slots, and QEMU 7.2 creates key=value devices before JSON ones,
     so a key=value device without an address takes a slot libvirt has already handed out (the
     balloon's slot 2: "PCI: slot 2 function 0 not available"). As JSON it comes last, in order.
     """
     cid = chardev_id(wwn)
-    chardev = ["-chardev", f"socket,id={cid},path={qemu_option_value(str(socket))}"]
+    chardev = ["-chardev", f"socket,id={cid},path={qemu_option_value(str(socket))}{reconnect}"]
     if not json_device:
         return chardev + ["-device", f"vhost-user-scsi-pci,chardev={cid}{pci.qemu_suffix()}"]
     device: dict[str, str] = {"driver": "vhost-user-scsi-pci", "chardev": cid}

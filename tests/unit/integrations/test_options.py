@@ -134,3 +134,35 @@ def test_bad_input_is_one_clear_error(argv: list[str], message: str) -> None:
         run(argv)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("version", "ms", "option"), [
+    ("10.0", 1000, "reconnect-ms=1000"),
+    ("9.2", 250, "reconnect-ms=250"),
+    ("9.1", 1500, "reconnect=2"),   # whole seconds, rounded up
+    ("8.2", 200, "reconnect=1"),    # never 0, which would mean "do not reconnect"
+])
+def test_reconnect_in_the_syntax_of_the_named_qemu(tmp_path: Path, version: str, ms: int, option: str) -> None:
+    common = [WWN, "--no-check", "--engine", "user", "--socket-dir", str(tmp_path), "--reconnect-ms", str(ms),
+              "--qemu-version", version]
+    args = run(["qemu-args", *common])
+    assert f"-chardev socket,id=vhostscsi-{WWN},path={tmp_path}/{WWN}.sock,{option}\n" in args
+    assert f"<qemu:arg value='socket,id=vhostscsi-{WWN},path={tmp_path}/{WWN}.sock,{option}'/>" in run(
+        ["libvirt-xml", *common])
+
+
+def test_no_reconnect_option_unless_asked(tmp_path: Path) -> None:
+    out = run(["qemu-args", WWN, "--no-check", "--engine", "user", "--socket-dir", str(tmp_path)])
+    assert ",reconnect" not in out
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--engine", "user", "--reconnect-ms", "1000", "--qemu-version", "8.1"], "QEMU 8.1's vhost-user-scsi cannot reconnect"),
+    (["--engine", "user", "--reconnect-ms", "1000", "--qemu-version", "7.2"], "leave out --reconnect-ms"),
+    (["--engine", "user", "--reconnect-ms", "0", "--qemu-version", "10.0"], "positive number of milliseconds"),
+    (["--engine", "user", "--reconnect-ms", "1000", "--qemu-version", "ten"], "use MAJOR.MINOR"),
+    (["--reconnect-ms", "1000"], "is for the user engine"),
+])
+def test_bad_reconnect_requests_are_one_line_errors(extra: list[str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        run(["qemu-args", WWN, "--no-check", *extra])

@@ -1,4 +1,4 @@
-"""`vhostscsi serve [--config PATH] [--socket-dir DIR] [--allow-unsealed-memory] [-v]`: run the user engine in the foreground.
+"""`vhostscsi serve [--config PATH] [--socket-dir DIR] [--allow-unsealed-memory] [--socket-unit] [-v]`: run the user engine in the foreground.
 
 Foreground on purpose: systemd (contrib/systemd/vhostscsi.service) or the admin's terminal supervises it, and
 logs go to stderr, where the journal picks them up.
@@ -28,6 +28,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--allow-unsealed-memory", action="store_true",
                    help="serve guests whose RAM is a file that cannot be sealed against shrinking "
                         "(memory-backend-file, hugetlbfs): such a QEMU could crash the daemon and every guest on it")
+    p.add_argument("--socket-unit", action="store_true",
+                   help="print a systemd .socket unit holding every configured target's socket, and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="log every vhost-user message")
     return p.parse_args(argv)
 
@@ -40,6 +42,19 @@ def setup_logging(verbose: bool) -> None:
     )
 
 
+def print_socket_unit(config: Path, socket_dir: Path) -> int:
+    from vhostscsi.config.store import load_config
+    from vhostscsi.engines.user.socket_unit import socket_unit
+
+    try:
+        text = socket_unit(load_config(config), config, socket_dir)
+    except (ConfigError, ValueError) as e:
+        print(f"vhostscsi serve: {e}", file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv[1:] if argv and argv[0] == "serve" else argv)
     setup_logging(args.verbose)
@@ -47,6 +62,8 @@ def main(argv: list[str]) -> int:
 
     config = args.config or default_config_path()
     socket_dir = args.socket_dir or default_socket_dir()
+    if args.socket_unit:
+        return print_socket_unit(config, socket_dir)
     daemon = Daemon(config, socket_dir, allow_unsealed_memory=args.allow_unsealed_memory)
     try:
         daemon.start()

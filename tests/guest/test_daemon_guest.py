@@ -12,15 +12,15 @@ and finally the backing file holds exactly the guest's pattern, and SIGTERM stop
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from support.daemon import ServeProcess
+from support.guest import build_image
 
 from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
 from vhostscsi.config.store import save_config
@@ -29,7 +29,6 @@ from vhostscsi.guestkit import (
     VIRTIO_SCSI_MODULES,
     Guest,
     GuestImage,
-    MissingHostPart,
     qemu_command,
     shared_memory_args,
 )
@@ -80,11 +79,7 @@ SEED_LSSCSI = re.compile(r"^LSSCSI \[0:0:1:0\] +disk +LIO-ORG +disk0 +4\.0 +/dev
 
 @pytest.fixture(scope="session")
 def daemon_image() -> GuestImage:
-    try:
-        return GuestImage.build(extra_binaries=["/usr/bin/lsscsi", GNU_DD], modules=VIRTIO_SCSI_MODULES,
-                                init_script=SCRIPT)
-    except MissingHostPart as e:
-        pytest.skip(str(e))
+    return build_image(extra_binaries=["/usr/bin/lsscsi", GNU_DD], modules=VIRTIO_SCSI_MODULES, init_script=SCRIPT)
 
 
 def shell(config: Path, *args: str) -> str:
@@ -112,16 +107,6 @@ def start_qemu(img: GuestImage, workdir: Path, sock: Path, *, allow_reboot: bool
     return Guest(proc, workdir, None)
 
 
-def wait_log(path: Path, pattern: str, count: int = 1, timeout: float = 20.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = path.read_text()
-        if len(re.findall(pattern, text)) >= count:
-            return text
-        time.sleep(0.1)
-    raise AssertionError(f"daemon log never showed {pattern!r} x{count}:\n{path.read_text()}")
-
-
 def test_guest_on_vhostscsi_serve(tmp_path: Path, daemon_image: GuestImage) -> None:
     disk = tmp_path / "disk0.img"
     config = tmp_path / "saveconfig.json"
@@ -131,16 +116,11 @@ def test_guest_on_vhostscsi_serve(tmp_path: Path, daemon_image: GuestImage) -> N
     save_config(cfg, config)
     with open(disk, "wb") as f:
         f.truncate(DISK_SIZE)
-    sockdir = tmp_path / "run"
-    sock = sockdir / f"{WWN}.sock"
-    log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log:
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "vhostscsi", "serve", "--config", str(config), "--socket-dir", str(sockdir)],
-            stdout=log, stderr=subprocess.STDOUT)
+    daemon = ServeProcess(tmp_path, config, wwn=WWN, log_path=tmp_path / "serve.log")
+    sock = daemon.socket
     guests: list[Guest] = []
     try:
-        wait_log(log_path, "listening on")
+        daemon.wait_log("listening on")
 
         # ---- boot 1 (and, in the same QEMU, boot 2 after a guest reboot) ----
         g = start_qemu(daemon_image, tmp_path / "qemu1", sock, allow_reboot=True)
@@ -168,7 +148,7 @@ def test_guest_on_vhostscsi_serve(tmp_path: Path, daemon_image: GuestImage) -> N
         assert g.exit_code == 0, text
 
         # ---- boot 3: a new QEMU against the same daemon ----
-        wait_log(log_path, r"disconnected: qemu")
+        daemon.wait_log(r"disconnected: qemu")
         g = start_qemu(daemon_image, tmp_path / "qemu2", sock, allow_reboot=False)
         guests.append(g)
         text = g.wait(timeout=180)
@@ -181,14 +161,11 @@ def test_guest_on_vhostscsi_serve(tmp_path: Path, daemon_image: GuestImage) -> N
             f.seek(MARK_SECTOR * 512)
             assert f.read(512) == b"REBOOTED".ljust(512, b"\0")
 
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(30) == 0
-        served = log_path.read_text()
+        assert daemon.stop(signal.SIGTERM, timeout=30) == 0
+        served = daemon.log()
         assert len(re.findall(rf"{WWN}: connected: qemu-system-x86\[\d+\]", served)) == 2, served
         assert "tpg1 lun1 -> /backstores/ramdisk/rd1" in served and "tpg1 lun1 removed" in served
     finally:
         for g in guests:
             g.kill()
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
+        daemon.kill()

@@ -15,15 +15,15 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from support.daemon import ServeProcess
+from support.guest import build_image, firmware_args
 
 from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
 from vhostscsi.config.store import save_config
-from vhostscsi.guestkit import GNU_DD, VIRTIO_SCSI_MODULES, GuestImage, MissingHostPart, shared_memory_args, start_guest
+from vhostscsi.guestkit import GNU_DD, VIRTIO_SCSI_MODULES, shared_memory_args, start_guest
 
 pytestmark = pytest.mark.guest
 
@@ -57,18 +57,12 @@ def reconnecting_qemu() -> tuple[str, list[str], str]:
     if version < (8, 2):
         pytest.skip(f"{qemu} is {out.splitlines()[0] if out else '?'}: vhost-user-scsi reconnect needs QEMU 8.2+ "
                     "(set VHOSTSCSI_QEMU, e.g. to bookworm-backports' qemu-system-x86_64)")
-    # A QEMU unpacked outside /usr (dpkg -x) finds its firmware next to it.
-    share = Path(qemu).resolve().parents[1] / "share"
-    extra = [a for d in ("qemu", "seabios") if (share / d).is_dir() for a in ("-L", str(share / d))]
-    return qemu, extra, "reconnect-ms=200" if version >= (9, 2) else "reconnect=1"
+    return qemu, firmware_args(qemu), "reconnect-ms=200" if version >= (9, 2) else "reconnect=1"
 
 
 def test_guest_io_survives_daemon_restart_and_crash(tmp_path: Path) -> None:
     qemu, extra, reconnect = reconnecting_qemu()
-    try:
-        img = GuestImage.build(extra_binaries=[GNU_DD], modules=VIRTIO_SCSI_MODULES, init_script=SCRIPT)
-    except MissingHostPart as e:
-        pytest.skip(str(e))
+    img = build_image(extra_binaries=[GNU_DD], modules=VIRTIO_SCSI_MODULES, init_script=SCRIPT)
     disk = tmp_path / "disk0.img"
     with open(disk, "wb") as f:
         f.truncate(64 << 20)
@@ -79,14 +73,10 @@ def test_guest_io_survives_daemon_restart_and_crash(tmp_path: Path) -> None:
     sock = tmp_path / "run" / f"{WWN}.sock"
     log_path = tmp_path / "serve.log"
 
-    def serve() -> subprocess.Popen[bytes]:
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "vhostscsi", "serve", "--config",
-                                     str(tmp_path / "saveconfig.json"), "--socket-dir", str(sock.parent)],
-                                    stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while not sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+    def serve() -> ServeProcess:
+        proc = ServeProcess(tmp_path, tmp_path / "saveconfig.json", wwn=WWN, sockdir=sock.parent, log_path=log_path,
+                            append=True)
+        proc.wait_socket(20)
         return proc
 
     daemon = serve()
@@ -97,12 +87,10 @@ def test_guest_io_survives_daemon_restart_and_crash(tmp_path: Path) -> None:
     try:
         with start_guest(img, args, workdir=tmp_path / "guest", qemu=qemu) as g:
             g.wait_for("ROUND 3 ok", timeout=180)
-            daemon.send_signal(signal.SIGTERM)
-            assert daemon.wait(30) == 0
+            assert daemon.stop(signal.SIGTERM, timeout=30) == 0
             daemon = serve()
             g.wait_for("ROUND 9 ok", timeout=60)
             daemon.kill()
-            daemon.wait()
             daemon = serve()
             text = g.wait(timeout=120)
         rounds = re.findall(r"^ROUND (\d+) (\S+)$", text, re.M)
@@ -110,6 +98,4 @@ def test_guest_io_survives_daemon_restart_and_crash(tmp_path: Path) -> None:
         assert "FAILED" not in text and g.exit_code == 0
         assert len(re.findall(r"connected: qemu-system", log_path.read_text())) >= 3
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
+        daemon.kill()

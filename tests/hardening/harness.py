@@ -7,12 +7,13 @@ target, the same daemon started through `nosync_serve.py`), the file system is a
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from support.daemon import ServeProcess
 
 from vhostscsi.config.model import Config, StorageObject, new_storage_object, new_vhost_target
 from vhostscsi.config.store import save_config
@@ -73,70 +74,15 @@ class Guest:
         self.ram.close()
 
 
-class Daemon:
-    """A running `vhostscsi serve` (or a wrapper script that runs it after patching something)."""
+class Daemon(ServeProcess):
+    """A running `vhostscsi serve` on target WWN (or a wrapper script that runs it after patching something;
+    HARDENING_MUTANT set: mutant_serve.py)."""
 
     def __init__(self, workdir: Path, config: Path, *, wrapper: Path | None = None,
                  extra_args: tuple[str, ...] = ()) -> None:
-        self.workdir = workdir
-        self.config = config
-        self.sockdir = workdir / "run"
-        self.log_path = workdir / f"serve-{time.monotonic_ns()}.log"
-        self._log = open(self.log_path, "wb")
         if wrapper is None and os.environ.get("HARDENING_MUTANT"):  # a deliberately broken daemon (by hand)
             wrapper = HERE / "mutant_serve.py"
-        entry = [str(wrapper)] if wrapper else ["-m", "vhostscsi"]
-        self.proc = subprocess.Popen(
-            [sys.executable, *entry, "serve", "--config", str(config), "--socket-dir", str(self.sockdir),
-             *extra_args],
-            stdout=self._log, stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def socket(self) -> Path:
-        return self.sockdir / f"{WWN}.sock"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_log(self, pattern: str, timeout: float = 20.0, count: int = 1) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log()
-            if len(re.findall(pattern, text)) >= count:
-                return text
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"daemon log never showed {pattern!r} x{count}:\n{self.log()}")
-
-    def connect(self, *, ram_size: int = 16 << 20, queue_size: int = 64) -> tuple[FrontEnd, GuestRam, ScsiInitiator]:
-        fe = FrontEnd.connect(str(self.socket), timeout=10)
-        ram = GuestRam(ram_size, regions=2)
-        init = ScsiInitiator(fe, ram, queue_size=queue_size)
-        init.start()
-        return fe, ram, init
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        self._log.close()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(20)
-        finally:
-            self._log.close()
+        super().__init__(workdir, config, wwn=WWN, wrapper=wrapper, extra_args=extra_args)
 
 
 class PowerCutMount:

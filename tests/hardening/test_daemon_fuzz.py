@@ -95,10 +95,6 @@ def _send_stream(path: Path, chunks: list[tuple[bytes, list[int]]]) -> None:
                 os.close(fd)  # our copies (the daemon got its own)
 
 
-def _fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 def test_one_guest_is_served_while_another_attacks_the_daemon(tmp_path: Path) -> None:
     daemon = Daemon(tmp_path, two_targets(tmp_path))
     victim = None
@@ -109,7 +105,7 @@ def test_one_guest_is_served_while_another_attacks_the_daemon(tmp_path: Path) ->
         victim = Victim(daemon.sockdir / f"{WWN_A}.sock")
         victim.start()
         time.sleep(0.5)
-        fds0 = _fd_count(daemon.pid) - 10  # the victim's connection: socket + 3 rings x 3 eventfds
+        fds0 = daemon.fd_count() - 10  # the victim's connection: socket + 3 rings x 3 eventfds
         rng = random.Random(2026)
         streams = 150
         for _ in range(streams):
@@ -131,7 +127,7 @@ def test_one_guest_is_served_while_another_attacks_the_daemon(tmp_path: Path) ->
         print(f"victim: {victim.ok} write+read rounds during {streams} hostile streams, errors {victim.errors[:3]}")
         assert victim.errors == [] and victim.ok > 0
         time.sleep(1.0)
-        leaked = _fd_count(daemon.pid) - fds0
+        leaked = daemon.fd_count() - fds0
         assert leaked <= 0, f"daemon holds {leaked} more fds after the attack"
     finally:
         if victim is not None:
@@ -172,7 +168,7 @@ def test_guest_ram_that_cannot_be_sealed_is_refused_and_the_daemon_serves_on(tmp
         daemon.wait_log(r"listening on .*bbbbbbbb2")
         sock_a, sock_b = (daemon.sockdir / f"{w}.sock" for w in (WWN_A, WWN_B))
         time.sleep(0.5)
-        fds0 = _fd_count(daemon.pid)
+        fds0 = daemon.fd_count()
         guest = Guest(sock_b, regions=1, allow_sealing=False)
         with pytest.raises((FrontEndError, OSError)):
             guest.__enter__()
@@ -183,8 +179,8 @@ def test_guest_ram_that_cannot_be_sealed_is_refused_and_the_daemon_serves_on(tmp
         guest.close()
         time.sleep(0.5)
         assert daemon.alive(), daemon.log()[-2000:]
-        assert _fd_count(daemon.pid) <= fds0, "the refused connection left fds open"
-        assert "memfd:" not in Path(f"/proc/{daemon.pid}/maps").read_text().replace("memfd:vhostscsi-inflight", "")
+        assert daemon.fd_count() <= fds0, "the refused connection left fds open"
+        assert "memfd:" not in daemon.maps().replace("memfd:vhostscsi-inflight", "")
         for sock in (sock_a, sock_b):
             with Guest(sock) as init:
                 assert init.command(INQUIRY, data_in_len=96).response == 0

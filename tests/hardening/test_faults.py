@@ -55,20 +55,6 @@ def settle(init: ScsiInitiator) -> None:
         init.command(TUR, lun=lun)
 
 
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def map_count(pid: int) -> int:
-    with open(f"/proc/{pid}/maps") as f:
-        return sum(1 for _ in f)
-
-
-def guest_ram_maps(pid: int) -> int:
-    with open(f"/proc/{pid}/maps") as f:
-        return sum("vhostscsi-guest-ram" in line for line in f)
-
-
 # ---- the file system fills up -------------------------------------------------------------------------------------
 
 def test_full_file_system_fails_that_write_with_space_sense_and_nothing_else(tmp_path: Path) -> None:
@@ -181,14 +167,13 @@ def _kill_mid_io_cycles(tmp_path: Path, cycles: int) -> tuple[int, int, int]:
     daemon = Daemon(tmp_path, two_disk_config(tmp_path, tmp_path / "disk0.img", 4 << 20))
     try:
         daemon.wait_log(r"listening on")
-        pid = daemon.pid
         fe, ram, init = daemon.connect()  # warm up: first-use allocations are not leaks
         settle(init)
         fe.close()
         ram.close()
         daemon.wait_log(r"disconnected")
         time.sleep(0.3)
-        fds0, maps0 = fd_count(pid), map_count(pid)
+        fds0, maps0 = daemon.fd_count(), daemon.map_count()
         payload = os.urandom(32 * 1024)
         for i in range(cycles):
             guest = Guest(daemon.socket)
@@ -214,7 +199,7 @@ def _kill_mid_io_cycles(tmp_path: Path, cycles: int) -> tuple[int, int, int]:
         daemon.wait_log(r"disconnected", count=cycles + 2, timeout=30)
         time.sleep(0.3)
         assert daemon.alive()
-        return fd_count(pid) - fds0, map_count(pid) - maps0, guest_ram_maps(pid)
+        return daemon.fd_count() - fds0, daemon.map_count() - maps0, daemon.map_count("vhostscsi-guest-ram")
     finally:
         daemon.kill()
 
@@ -240,9 +225,8 @@ def test_hostile_front_end_cannot_make_the_daemon_leak_fds(tmp_path: Path) -> No
     daemon = Daemon(tmp_path, two_disk_config(tmp_path, tmp_path / "disk0.img", 4 << 20))
     try:
         daemon.wait_log(r"listening on")
-        pid = daemon.pid
         time.sleep(0.3)
-        fds0 = fd_count(pid)
+        fds0 = daemon.fd_count()
         raw = codec.encode(Message(Request.SET_VRING_CALL, VERSION, codec.pack_u64(0)))
         for i in range(20):
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -257,7 +241,7 @@ def test_hostile_front_end_cannot_make_the_daemon_leak_fds(tmp_path: Path) -> No
             s.close()
         daemon.wait_log(r"protocol error", count=20)
         time.sleep(0.3)
-        leaked = fd_count(pid) - fds0
+        leaked = daemon.fd_count() - fds0
         assert leaked == 0, f"the daemon kept {leaked} fds after 20 hostile connections"
         fe, ram, init = daemon.connect()
         assert init.command(INQUIRY, data_in_len=96).status == 0

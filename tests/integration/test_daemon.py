@@ -14,12 +14,13 @@ import socket
 import stat
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from support.daemon import ServeProcess, serve_command
 
 from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
 from vhostscsi.config.store import load_config, save_config
@@ -45,58 +46,9 @@ def write10(lba: int, blocks: int, fua: bool = False) -> bytes:
 
 
 # ---- the daemon under test -------------------------------------------------------------------------------------
-class Served:
-    """A running `vhostscsi serve` with its config file, socket dir and log."""
-
-    def __init__(self, tmp: Path, config: Path, sockdir: Path | None = None) -> None:
-        self.tmp = tmp
-        self.config = config
-        self.sockdir = sockdir or tmp / "run"
-        self.log_path = tmp / "serve.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vhostscsi", "serve", "--config", str(config), "--socket-dir", str(self.sockdir)],
-            stdout=self._log, stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def socket(self) -> Path:
-        return self.sockdir / f"{WWN}.sock"
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def wait_log(self, pattern: str, timeout: float = 15.0, count: int = 1) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log()
-            if len(re.findall(pattern, text)) >= count:
-                return text
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"log never showed {pattern!r} x{count}:\n{self.log()}")
-
-    def connect(self, **kw: object) -> tuple[FrontEnd, GuestRam, ScsiInitiator]:
-        fe = FrontEnd.connect(str(self.socket), timeout=10)
-        ram = GuestRam(16 << 20, regions=2)
-        init = ScsiInitiator(fe, ram, queue_size=64, **kw)  # type: ignore[arg-type]
-        init.start()
-        return fe, ram, init
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(20)
-        finally:
-            self._log.close()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
+def serve(tmp: Path, config: Path, sockdir: Path | None = None) -> ServeProcess:
+    """A running `vhostscsi serve` on target WWN with its config file, socket dir and log (tmp/serve.log)."""
+    return ServeProcess(tmp, config, wwn=WWN, sockdir=sockdir, log_path=tmp / "serve.log")
 
 
 def make_config(tmp: Path, *, write_back: bool = True) -> Path:
@@ -114,8 +66,8 @@ def make_config(tmp: Path, *, write_back: bool = True) -> Path:
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    s = Served(tmp_path, make_config(tmp_path))
+def served(tmp_path: Path) -> Iterator[ServeProcess]:
+    s = serve(tmp_path, make_config(tmp_path))
     try:
         s.wait_log(r"listening on")
         yield s
@@ -124,7 +76,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
 
 
 @pytest.fixture
-def guest(served: Served) -> Iterator[tuple[FrontEnd, GuestRam, ScsiInitiator]]:
+def guest(served: ServeProcess) -> Iterator[tuple[FrontEnd, GuestRam, ScsiInitiator]]:
     fe, ram, init = served.connect()
     try:
         yield fe, ram, init
@@ -145,12 +97,8 @@ def inquire(fe: FrontEnd) -> None:
         ram.close()
 
 
-def memfd_maps(pid: int) -> int:
-    return sum("vhostscsi-guest-ram" in line for line in Path(f"/proc/{pid}/maps").read_text().splitlines())
-
-
 # ---- serving ---------------------------------------------------------------------------------------------------
-def test_socket_is_private_and_answers_as_lio(served: Served, guest) -> None:
+def test_socket_is_private_and_answers_as_lio(served: ServeProcess, guest) -> None:
     fe, ram, init = guest
     st = served.socket.lstat()
     assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
@@ -161,14 +109,14 @@ def test_socket_is_private_and_answers_as_lio(served: Served, guest) -> None:
     assert re.search(rf"{WWN}: connected: \S+\[{os.getpid()}\] uid {os.getuid()}", log), log
 
 
-def test_write_read_round_trip_lands_in_the_file(served: Served, guest) -> None:
+def test_write_read_round_trip_lands_in_the_file(served: ServeProcess, guest) -> None:
     fe, ram, init = guest
     pattern = os.urandom(64 * 512)
     w = init.command(write10(100, 64, fua=True), data_out=pattern)
     assert (w.response, w.status) == (vs.S_OK, 0), w
     r = init.command(read10(100, 64), data_in_len=len(pattern))
     assert (r.response, r.status, r.resid) == (vs.S_OK, 0, 0) and r.data == pattern
-    with open(served.tmp / "disk0.img", "rb") as f:
+    with open(served.workdir / "disk0.img", "rb") as f:
         f.seek(100 * 512)
         assert f.read(len(pattern)) == pattern
 
@@ -185,7 +133,7 @@ def test_write_read_round_trip_lands_in_the_file(served: Served, guest) -> None:
     ],
     ids=["out-of-range", "loop", "too-long", "wrong-direction", "no-response-buffer"],
 )
-def test_malformed_descriptors_fail_only_that_request(served: Served, guest, descs) -> None:
+def test_malformed_descriptors_fail_only_that_request(served: ServeProcess, guest, descs) -> None:
     fe, ram, init = guest
     ring = init.rings[2]
     head = ring.add_raw(descs, head=0)
@@ -197,7 +145,7 @@ def test_malformed_descriptors_fail_only_that_request(served: Served, guest, des
     assert served.proc.poll() is None
 
 
-def test_unknown_luns_and_targets(served: Served, guest) -> None:
+def test_unknown_luns_and_targets(served: ServeProcess, guest) -> None:
     fe, ram, init = guest
     for cdb in (INQUIRY, TUR, read10(0, 1)):  # LIO: any LUN but 0 that is not mapped
         r = init.command(cdb, target=1, lun=7, data_in_len=512)
@@ -209,7 +157,7 @@ def test_unknown_luns_and_targets(served: Served, guest) -> None:
     assert r.status == 0 and r.data[:4] == struct.pack(">I", 8) and r.data[8:16] == bytes(8)
 
 
-def test_task_management(served: Served, guest) -> None:
+def test_task_management(served: ServeProcess, guest) -> None:
     fe, ram, init = guest
     assert init.tmf(vs.T_TMF_LOGICAL_UNIT_RESET, target=1, lun=0) == vs.S_FUNCTION_COMPLETE
     assert init.tmf(vs.T_TMF_ABORT_TASK_SET, target=1, lun=0) == vs.S_FUNCTION_COMPLETE
@@ -223,7 +171,7 @@ def test_task_management(served: Served, guest) -> None:
     assert (r.response, r.status) == (vs.S_OK, 0)
 
 
-def test_protocol_garbage_drops_only_that_peer(served: Served) -> None:
+def test_protocol_garbage_drops_only_that_peer(served: ServeProcess) -> None:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(str(served.socket))
     s.sendall(struct.pack("<III", 1, 0x7, 0))  # version bits 3: not vhost-user
@@ -238,21 +186,20 @@ def test_protocol_garbage_drops_only_that_peer(served: Served) -> None:
 
 
 # ---- connections come and go -----------------------------------------------------------------------------------
-def test_disconnect_releases_everything_and_next_guest_is_served(served: Served) -> None:
-    pid = served.proc.pid
+def test_disconnect_releases_everything_and_next_guest_is_served(served: ServeProcess) -> None:
     fe, ram, init = served.connect()
     assert init.command(INQUIRY, data_in_len=96).status == 0
-    assert memfd_maps(pid) > 0
-    fds_connected = len(os.listdir(f"/proc/{pid}/fd"))
+    assert served.map_count("vhostscsi-guest-ram") > 0
+    fds_connected = served.fd_count()
     fe.close()  # QEMU killed: no GET_VRING_BASE, just EOF
     ram.close()
     served.wait_log(r"disconnected")
     deadline = time.monotonic() + 5
-    while memfd_maps(pid) and time.monotonic() < deadline:
+    while served.map_count("vhostscsi-guest-ram") and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert memfd_maps(pid) == 0, "guest memory still mapped after the guest left"
+    assert served.map_count("vhostscsi-guest-ram") == 0, "guest memory still mapped after the guest left"
     # 3 rings x (kick, call, err) + the socket were closed
-    assert len(os.listdir(f"/proc/{pid}/fd")) <= fds_connected - 10
+    assert served.fd_count() <= fds_connected - 10
     for _ in range(2):
         fe, ram, init = served.connect()
         assert init.command(INQUIRY, data_in_len=96).status == 0
@@ -261,7 +208,7 @@ def test_disconnect_releases_everything_and_next_guest_is_served(served: Served)
         served.wait_log(r"disconnected", count=_ + 2)
 
 
-def test_second_guest_is_refused_while_first_is_attached(served: Served, guest) -> None:
+def test_second_guest_is_refused_while_first_is_attached(served: ServeProcess, guest) -> None:
     fe, ram, init = guest
     other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     other.connect(str(served.socket))
@@ -272,7 +219,7 @@ def test_second_guest_is_refused_while_first_is_attached(served: Served, guest) 
     assert init.command(INQUIRY, data_in_len=96).status == 0
 
 
-def test_guest_reset_stops_and_restarts_rings(served: Served, guest) -> None:
+def test_guest_reset_stops_and_restarts_rings(served: ServeProcess, guest) -> None:
     """A guest reboot as QEMU 7.2 does it: GET_VRING_BASE on every ring, then the rings set up again."""
     fe, ram, init = guest
     for _ in range(3):
@@ -288,7 +235,7 @@ def test_guest_reset_stops_and_restarts_rings(served: Served, guest) -> None:
 
 
 # ---- live configuration ----------------------------------------------------------------------------------------
-def test_luns_added_and_removed_live_reach_the_guest(served: Served, guest) -> None:
+def test_luns_added_and_removed_live_reach_the_guest(served: ServeProcess, guest) -> None:
     fe, ram, init = guest
     gpas = init.post_event_buffers(4)
     cfg = load_config(served.config)
@@ -315,7 +262,7 @@ def test_luns_added_and_removed_live_reach_the_guest(served: Served, guest) -> N
     served.wait_log(r"tpg1 lun0 removed")
 
 
-def test_sighup_applies_and_a_broken_file_is_refused(served: Served, guest) -> None:
+def test_sighup_applies_and_a_broken_file_is_refused(served: ServeProcess, guest) -> None:
     fe, ram, init = guest
     good = served.config.read_bytes()
     served.config.write_text("{ not json")
@@ -330,7 +277,7 @@ def test_sighup_applies_and_a_broken_file_is_refused(served: Served, guest) -> N
 def test_target_created_later_gets_its_socket(tmp_path: Path) -> None:
     empty = tmp_path / "saveconfig.json"
     save_config(Config(), empty)
-    s = Served(tmp_path, empty)
+    s = serve(tmp_path, empty)
     try:
         s.wait_log(r"no vhost targets")
         make_config(tmp_path)  # same path: the shell saving a new target
@@ -346,7 +293,7 @@ def test_target_created_later_gets_its_socket(tmp_path: Path) -> None:
 
 
 # ---- stopping --------------------------------------------------------------------------------------------------
-def test_sigterm_drains_queued_io_flushes_and_exits_0(served: Served) -> None:
+def test_sigterm_drains_queued_io_flushes_and_exits_0(served: ServeProcess) -> None:
     fe, ram, init = served.connect()
     pattern = os.urandom(32 * 512)
     heads = []
@@ -356,7 +303,7 @@ def test_sigterm_drains_queued_io_flushes_and_exits_0(served: Served) -> None:
     log = served.log()
     assert "completed 8 queued request(s)" in log and "stopped" in log
     assert len(init.collect(2)) == 8
-    data = (served.tmp / "disk0.img").read_bytes()
+    data = (served.workdir / "disk0.img").read_bytes()
     assert all(data[i * 32 * 512 : (i + 1) * 32 * 512] == pattern for i in range(8))
     assert not served.socket.exists()
     fe.close()
@@ -375,16 +322,15 @@ def test_startup_errors_are_one_line(tmp_path: Path, case: str) -> None:
         sockdir.write_text("")
     else:
         sockdir = tmp_path / ("d" * 100)
-    proc = subprocess.run([sys.executable, "-m", "vhostscsi", "serve", "--config", str(config), "--socket-dir",
-                           str(sockdir)], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(serve_command(config, sockdir), capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and expected in proc.stderr, proc.stderr
 
 
-def test_a_socket_served_by_another_daemon_is_not_stolen(served: Served, guest) -> None:
+def test_a_socket_served_by_another_daemon_is_not_stolen(served: ServeProcess, guest) -> None:
     fe, ram, init = guest
-    (served.tmp / "second").mkdir()
-    second = Served(served.tmp / "second", served.config, served.sockdir)
+    (served.workdir / "second").mkdir()
+    second = serve(served.workdir / "second", served.config, served.sockdir)
     try:
         second.wait_log(r"not served: .* is being served by another process")
     finally:
@@ -414,7 +360,7 @@ def test_grown_block_device_is_announced_to_the_guest(tmp_path: Path, loop_devic
     so = cfg.add_storage_object(new_storage_object("block", "blk", dev=dev, size=8 << 20))
     cfg.add_target(new_vhost_target(WWN)).tpgs[0].add_lun(so)
     save_config(cfg, tmp_path / "saveconfig.json")
-    s = Served(tmp_path, tmp_path / "saveconfig.json")
+    s = serve(tmp_path, tmp_path / "saveconfig.json")
     try:
         s.wait_log("listening on")
         fe, ram, init = s.connect()
@@ -439,7 +385,7 @@ def test_grown_block_device_is_announced_to_the_guest(tmp_path: Path, loop_devic
         s.kill()
 
 
-def test_random_vhost_user_messages_never_kill_the_daemon(served: Served) -> None:
+def test_random_vhost_user_messages_never_kill_the_daemon(served: ServeProcess) -> None:
     """Random requests, payloads and fds (eventfds, memfds, pipes, a regular file) from a hostile front end."""
     import random
 
@@ -448,8 +394,8 @@ def test_random_vhost_user_messages_never_kill_the_daemon(served: Served) -> Non
 
     rnd = random.Random(1234)
     pid = served.proc.pid
-    baseline_fds = len(os.listdir(f"/proc/{pid}/fd"))
-    regular = open(served.tmp / "junk", "wb+")
+    baseline_fds = served.fd_count()
+    regular = open(served.workdir / "junk", "wb+")
     fe = FrontEnd.connect(str(served.socket), timeout=2)
     sent = drops = 0
     for i in range(400):
@@ -499,14 +445,14 @@ def test_random_vhost_user_messages_never_kill_the_daemon(served: Served) -> Non
     ram.close()
     served.wait_log(r"disconnected", count=1)
     deadline = time.monotonic() + 5
-    while len(os.listdir(f"/proc/{pid}/fd")) > baseline_fds and time.monotonic() < deadline:
+    while served.fd_count() > baseline_fds and time.monotonic() < deadline:
         time.sleep(0.1)
     left = {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
     assert len(left) <= baseline_fds, f"fds leaked by the fuzzed connections: {left}"
     assert "Traceback" not in served.log(), served.log()
 
 
-def test_a_new_call_fd_is_signalled_once(served: Served, guest) -> None:
+def test_a_new_call_fd_is_signalled_once(served: ServeProcess, guest) -> None:
     """QEMU swaps call fds after starting rings (and around a reconnect): a completion signalled on the old fd
     would be lost, and the guest would wait for it forever. The new fd gets one (harmless) signal."""
     from vhostscsi.vhost_user import codec
@@ -532,28 +478,21 @@ def test_socket_activation_keeps_the_socket_across_restarts(tmp_path: Path) -> N
     lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     lsock.bind(str(path))
     lsock.listen(4)
-    activate = Path(__file__).parents[1] / "restart" / "socket_activate.py"
     log_path = tmp_path / "serve.log"
 
-    def serve() -> subprocess.Popen[bytes]:
-        with open(log_path, "ab") as log:
-            return subprocess.Popen(
-                [sys.executable, str(activate), str(lsock.fileno()), sys.executable, "-m", "vhostscsi", "serve",
-                 "--config", str(config), "--socket-dir", str(sockdir)],
-                stdout=log, stderr=subprocess.STDOUT, pass_fds=[lsock.fileno()])
+    def start() -> ServeProcess:
+        return ServeProcess(tmp_path, config, wwn=WWN, sockdir=sockdir, log_path=log_path, append=True,
+                            listen=lsock)
 
-    daemon = serve()
+    daemon = start()
     try:
         inquire(FrontEnd.connect(str(path), timeout=20))
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(20) == 0
+        assert daemon.stop() == 0
         assert "(inherited)" in log_path.read_text()
         assert path.exists()  # the supervisor's socket file stays
         fe = FrontEnd.connect(str(path), timeout=20)  # no daemon now: waits in the backlog
-        daemon = serve()
+        daemon = start()
         inquire(fe)
     finally:
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(20)
+        daemon.stop()
         lsock.close()

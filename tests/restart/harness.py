@@ -13,11 +13,11 @@ import random
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from support.daemon import ServeProcess
 
 from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
 from vhostscsi.config.store import save_config
@@ -92,67 +92,23 @@ def hold_socket(workdir: Path) -> socket.socket:
     return s
 
 
-class Serve:
-    """One `vhostscsi serve` process with its own log file; `listen`: started with that socket (LISTEN_FDS)."""
+class Serve(ServeProcess):
+    """One `vhostscsi serve` process (the n-th) with its own log file serve-NNN.log; `listen`: started with that
+    socket (LISTEN_FDS); VHOSTSCSI_RESTART_MUTANT set: through mutant_serve.py."""
 
     def __init__(self, workdir: Path, config: Path, n: int, *, listen: socket.socket | None = None) -> None:
-        self.sockdir = workdir / "run"
-        self.log_path = workdir / f"serve-{n:03d}.log"
         mutant = os.environ.get("VHOSTSCSI_RESTART_MUTANT")
-        entry = [str(HERE / "mutant_serve.py")] if mutant else ["-m", "vhostscsi"]
-        cmd = [sys.executable, *entry, "serve", "--config", str(config), "--socket-dir", str(self.sockdir)]
-        fds: tuple[int, ...] = ()
-        if listen is not None:
-            fds = (listen.fileno(),)
-            cmd = [sys.executable, str(HERE / "socket_activate.py"), str(listen.fileno()), *cmd]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, pass_fds=fds)
+        super().__init__(workdir, config, wwn=WWN, log_path=workdir / f"serve-{n:03d}.log",
+                         wrapper=HERE / "mutant_serve.py" if mutant else None, listen=listen)
 
-    @property
-    def socket(self) -> Path:
-        return self.sockdir / f"{WWN}.sock"
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def wait_log(self, pattern: str, timeout: float) -> float:
-        """Wait for a log line; returns when (monotonic) it was seen. AssertionError on timeout or exit."""
-        deadline = time.monotonic() + timeout
-        rx = re.compile(pattern)
-        while True:
-            if rx.search(self.log()):
-                return time.monotonic()
-            if self.proc.poll() is not None:
-                raise AssertionError(f"vhostscsi serve exited ({self.proc.returncode}) before {pattern!r}:\n"
-                                     + self.log()[-3000:])
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {pattern!r} in {timeout:.0f}s:\n" + self.log()[-3000:])
-            time.sleep(0.02)
-
-    def stop(self, how: str) -> int:
+    def stop_as(self, how: str) -> int:
         """"term": SIGTERM; "kill": SIGKILL now; "busy-kill": SIGKILL the moment it is seen running (state R or D:
         most likely in the middle of a batch, with requests taken from the ring and not completed)."""
         if how == "busy-kill":  # "handshake-kill" is a kill at a random moment here
             deadline = time.monotonic() + 3.0
-            while time.monotonic() < deadline and self._state() not in ("R", "D"):
+            while time.monotonic() < deadline and self.state() not in ("R", "D"):
                 time.sleep(0)
-        self.proc.send_signal(signal.SIGTERM if how == "term" else signal.SIGKILL)
-        return self.proc.wait(60)
-
-    def _state(self) -> str:
-        try:
-            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        except OSError:
-            return "?"
-        return stat[stat.rindex(")") + 2]
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        return self.stop(signal.SIGTERM if how == "term" else signal.SIGKILL, timeout=60)
 
 
 def inflight_in_qemu(qemu_pid: int) -> int | None:

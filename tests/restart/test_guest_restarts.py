@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.guest import build_image
 from restart.harness import (
     FIO,
     STOP_FLAG,
@@ -31,7 +32,7 @@ from restart.harness import (
 )
 from restart.qemu10 import Qemu
 
-from vhostscsi.guestkit import GNU_DD, VIRTIO_SCSI_MODULES, GuestImage, MissingHostPart, shared_memory_args, start_guest
+from vhostscsi.guestkit import GNU_DD, VIRTIO_SCSI_MODULES, shared_memory_args, start_guest
 
 pytestmark = pytest.mark.guest
 
@@ -51,10 +52,7 @@ def run_restarts(qemu10: Qemu, workdir: Path, graceful: int, kills: int, mode: s
     seed = int(os.environ.get("VHOSTSCSI_RESTART_SEED", time.time_ns() % 1_000_000))
     report = Report(seed, mode)
     rng = random.Random(seed)
-    try:
-        img = GuestImage.build(extra_binaries=[FIO, GNU_DD], modules=VIRTIO_SCSI_MODULES, init_script=guest_script())
-    except MissingHostPart as e:
-        pytest.skip(str(e))
+    img = build_image(extra_binaries=[FIO, GNU_DD], modules=VIRTIO_SCSI_MODULES, init_script=guest_script())
     config, disk = make_config(workdir)
     held = hold_socket(workdir) if mode == "activation" else None
     daemons = [Serve(workdir, config, 0, listen=held)]
@@ -74,7 +72,7 @@ def run_restarts(qemu10: Qemu, workdir: Path, graceful: int, kills: int, mode: s
                     new = Serve(workdir, config, len(daemons), listen=held)
                     new.wait_log("listening on", 60)
                 signalled = time.monotonic()
-                rc = old.stop(how)
+                rc = old.stop_as(how)
                 if how == "term":
                     assert rc == 0, f"SIGTERM: exit {rc}\n{old.log()[-2000:]}"
                 else:
@@ -87,10 +85,11 @@ def run_restarts(qemu10: Qemu, workdir: Path, graceful: int, kills: int, mode: s
                 daemons.append(new)
                 if how == "handshake-kill":  # and the new one dies too, as QEMU connects (mid-handshake/resubmit)
                     new.wait_log(r"connected: ", 60)
-                    new.stop("kill")
+                    new.stop_as("kill")
                     new = Serve(workdir, config, len(daemons), listen=held)
                     daemons.append(new)
-                reconnected = new.wait_log(r"connected: ", 60)
+                new.wait_log(r"connected: ", 60)
+                reconnected = time.monotonic()
                 report.longest_gap_s = max(report.longest_gap_s, reconnected - signalled)
                 new.wait_log("guest driver started", 60)
                 report.restarts[how] += 1

@@ -7,9 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from support.guest import build_image
 from restart.harness import Serve, make_config
 
-from vhostscsi.guestkit import GNU_DD, VIRTIO_SCSI_MODULES, GuestImage, MissingHostPart, shared_memory_args, start_guest
+from vhostscsi.guestkit import GNU_DD, VIRTIO_SCSI_MODULES, shared_memory_args, start_guest
 from vhostscsi.engines.user.restart import qemu_version_of
 
 pytestmark = pytest.mark.guest
@@ -26,10 +27,7 @@ def test_qemu72_guest_is_served_and_warned_about_restarts(tmp_path: Path) -> Non
     qemu = shutil.which("qemu-system-x86_64")
     if qemu is None:
         pytest.skip("no qemu-system-x86_64")
-    try:
-        img = GuestImage.build(extra_binaries=[GNU_DD], modules=VIRTIO_SCSI_MODULES, init_script=SCRIPT)
-    except MissingHostPart as e:
-        pytest.skip(str(e))
+    img = build_image(extra_binaries=[GNU_DD], modules=VIRTIO_SCSI_MODULES, init_script=SCRIPT)
     config, _disk = make_config(tmp_path)
     daemon = Serve(tmp_path, config, 0)
     try:

@@ -14,17 +14,16 @@ nobody) turns `libvirt-xml` output into QEMU's vhost-scsi-pci device.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import sys
 from pathlib import Path
 
 import pytest
+from support.guest import boot_host_root, generic_kernel, host_root_image
 
 from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
 from vhostscsi.config.store import save_config
-from vhostscsi.guestkit import GuestImage, MissingHostPart, boot_guest
 
 pytestmark = pytest.mark.guest
 
@@ -34,15 +33,6 @@ SERIAL = "4a3a2d4b-1234-4c56-9d8e-0123456789ab"
 T = "/sys/kernel/config/target"
 QEMU_DRIVER = "/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so"
 TPG = f"{T}/vhost/{WWN}/tpgt_1"
-
-
-def generic_kernel() -> str:
-    """Debian's linux-image-amd64: the flavour with 9p (the cloud one has none)."""
-    for vmlinuz in sorted(glob.glob("/boot/vmlinuz-*-amd64")):
-        version = os.path.basename(vmlinuz).removeprefix("vmlinuz-")
-        if "cloud" not in version and glob.glob(f"/lib/modules/{version}/kernel/fs/9p/9p.ko*"):
-            return vmlinuz
-    pytest.skip("needs Debian's generic kernel with 9p: apt-get install linux-image-amd64")
 
 
 def write_configs(directory: Path) -> None:
@@ -65,15 +55,8 @@ def write_configs(directory: Path) -> None:
     save_config(cfg, directory / "one-lun.json")
 
 
-GUEST_SCRIPT = r"""
-set -u
-mkdir -p /mnt
-mount -t 9p -o trans=virtio,version=9p2000.L,ro host /mnt || { echo "9p mount failed"; exit 1; }
-for d in proc sys dev; do mount --bind /$d /mnt/$d; done
-mount -t tmpfs run /mnt/run
-cat > /mnt/run/steps.sh <<'STEPS'
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin PYTHONDONTWRITEBYTECODE=1
-V="@PYTHON@ -m vhostscsi kernel"
+# Runs in the chroot of the host's root (support.guest.chroot_script).
+GUEST_STEPS = r"""V="@PYTHON@ -m vhostscsi kernel"
 D=@DIR@
 step() { echo "=== $1"; }
 step modules-before; ls /sys/module | grep -E '^(target_core_mod|target_core_file|target_core_iblock|vhost_scsi)$' || true
@@ -126,8 +109,6 @@ step clear; $V clear; echo "rc=$?"
 step ls-vhost-after-clear; ls -C -T0 @T@/vhost/
 step core-after-clear; ls @T@/core/
 step end
-STEPS
-chroot /mnt /bin/sh /run/steps.sh 2>&1
 """
 
 
@@ -143,17 +124,10 @@ def sections(console: str) -> dict[str, str]:
 def test_kernel_apply_in_a_real_lio(tmp_path: Path) -> None:
     kernel = generic_kernel()
     write_configs(tmp_path)
-    script = (GUEST_SCRIPT.replace("@PYTHON@", sys.executable).replace("@DIR@", str(tmp_path))
+    steps = (GUEST_STEPS.replace("@PYTHON@", sys.executable).replace("@DIR@", str(tmp_path))
               .replace("@TPG@", TPG).replace("@T@", T).replace("@NEXUS@", NEXUS).replace("@WWN@", WWN)
               .replace("@QEMU_DRIVER@", QEMU_DRIVER))
-    try:
-        img = GuestImage.build(None, modules=["virtio_pci", "9pnet_virtio", "9p"], init_script=script,
-                               kernel=kernel)
-    except MissingHostPart as exc:
-        pytest.skip(str(exc))
-    console = boot_guest(img, qemu_args=[
-        "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
-    ], timeout=420)
+    console = boot_host_root(host_root_image(steps, kernel), timeout=420)
     s = sections(console)
     assert "end" in s, console[-3000:]
 

@@ -18,14 +18,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.guest import LIO_WRITABLE_DBROOT, boot_host_root, generic_kernel, host_root_image
 
 from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
 from vhostscsi.config.store import save_config
 from vhostscsi.engines.user.devices import DeviceTable
-from vhostscsi.guestkit import GuestImage, MissingHostPart, boot_guest
 from vhostscsi.scsi import TargetPort
-
-from test_kernel_engine import generic_kernel  # same directory (rootdir-relative import)
 
 pytestmark = pytest.mark.guest
 
@@ -82,19 +80,8 @@ for name, cdb in json.loads(sys.argv[2]).items():
     print("ANSWER " + json.dumps({"name": name, "status": status, "sense": sense, "data": data}))
 '''
 
-GUEST_SCRIPT = r"""
-set -u
-mkdir -p /mnt
-mount -t 9p -o trans=virtio,version=9p2000.L,ro host /mnt || { echo "9p mount failed"; exit 1; }
-for d in proc sys dev; do mount --bind /$d /mnt/$d; done
-mount -t tmpfs run /mnt/run
-cat > /mnt/run/steps.sh <<'STEPS'
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin PYTHONDONTWRITEBYTECODE=1
-# LIO's PR metadata lives in <db_root>/pr, which apply makes: the default db_root (/var/target)
-# is on the read-only 9p root, so point it at a writable directory while LIO has no device
-modprobe target_core_mod; mount -t configfs configfs /sys/kernel/config 2>/dev/null
-mkdir -p /run/target && echo /run/target > /sys/kernel/config/target/dbroot
-echo "=== apply"; @PYTHON@ -m vhostscsi kernel apply --config @DIR@/config.json; echo "rc=$?"
+# Runs in the chroot of the host's root (support.guest.chroot_script).
+GUEST_STEPS = LIO_WRITABLE_DBROOT + r"""echo "=== apply"; @PYTHON@ -m vhostscsi kernel apply --config @DIR@/config.json; echo "rc=$?"
 modprobe sd_mod; modprobe sg; modprobe tcm_loop
 mkdir -p @LOOP@/lun/lun_0
 printf '%s' @NEXUS@ > @LOOP@/nexus
@@ -103,8 +90,6 @@ for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/class/scsi_generic/sg0 ] && break; s
 echo "=== rtpi"; cat @T@/vhost/@VHOST@/tpgt_1/lun/lun_0/statistics/scsi_tgt_port/indx @LOOP@/lun/lun_0/statistics/scsi_tgt_port/indx
 echo "=== answers"; @PYTHON@ @DIR@/sg.py /dev/sg0 '@CDBS@'
 echo "=== end"
-STEPS
-chroot /mnt /bin/sh /run/steps.sh 2>&1
 """
 
 
@@ -146,17 +131,10 @@ def test_lio_from_kernel_apply_answers_like_our_core(tmp_path: Path) -> None:
     kernel = generic_kernel()
     save_config(config(), tmp_path / "config.json")
     (tmp_path / "sg.py").write_text(SG_SCRIPT)
-    script = (GUEST_SCRIPT.replace("@PYTHON@", sys.executable).replace("@DIR@", str(tmp_path))
+    steps = (GUEST_STEPS.replace("@PYTHON@", sys.executable).replace("@DIR@", str(tmp_path))
               .replace("@LOOP@", LOOP_TPG).replace("@T@", T).replace("@NEXUS@", LOOP_NEXUS).replace("@VHOST@", VHOST_WWN)
               .replace("@CDBS@", json.dumps(CDBS)))
-    try:
-        img = GuestImage.build(None, modules=["virtio_pci", "9pnet_virtio", "9p"], init_script=script,
-                               kernel=kernel)
-    except MissingHostPart as exc:
-        pytest.skip(str(exc))
-    console = boot_guest(img, qemu_args=[
-        "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
-    ], timeout=420).replace("\r\n", "\n")
+    console = boot_host_root(host_root_image(steps, kernel), timeout=420)
     assert "=== end" in console, console[-3000:]
     assert re.search(r"=== apply\n(.*\n)*?rc=0\n", console), console[-3000:]
     vhost_rtpi, loop_rtpi = map(int, re.search(r"=== rtpi\n(\d+)\n(\d+)", console).groups())  # type: ignore[union-attr]

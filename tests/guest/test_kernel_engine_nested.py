@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_kernel_engine import generic_kernel  # same directory (rootdir-relative import)
+from support.guest import LIO_WRITABLE_DBROOT, boot_host_root, build_image, generic_kernel, host_root_image
 
 from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
 from vhostscsi.config.store import save_config
-from vhostscsi.guestkit import VIRTIO_SCSI_MODULES, GuestImage, MissingHostPart, boot_guest, sg3_utils
+from vhostscsi.guestkit import VIRTIO_SCSI_MODULES, sg3_utils
 
 pytestmark = [pytest.mark.guest, pytest.mark.slow]
 
@@ -39,26 +39,14 @@ for lun in 0 1; do
 done
 """
 
-OUTER_SCRIPT = r"""
-mkdir -p /mnt
-mount -t 9p -o trans=virtio,version=9p2000.L,ro host /mnt || { echo "9p mount failed"; exit 1; }
-for d in proc sys dev; do mount --bind /$d /mnt/$d; done
-mount -t tmpfs run /mnt/run
-cat > /mnt/run/steps.sh <<'STEPS'
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin PYTHONDONTWRITEBYTECODE=1
-# LIO's PR metadata lives in <db_root>/pr, which apply makes: the default db_root (/var/target)
-# is on the read-only 9p root, so point it at a writable directory while LIO has no device
-modprobe target_core_mod; mount -t configfs configfs /sys/kernel/config 2>/dev/null
-mkdir -p /run/target && echo /run/target > /sys/kernel/config/target/dbroot
-@PYTHON@ -m vhostscsi kernel apply --config @DIR@/config.json; echo "apply rc=$?"
+# Runs in the chroot of the host's root (support.guest.chroot_script).
+OUTER_STEPS = LIO_WRITABLE_DBROOT + r"""@PYTHON@ -m vhostscsi kernel apply --config @DIR@/config.json; echo "apply rc=$?"
 A=$(@PYTHON@ -m vhostscsi qemu-args @WWN@ --config @DIR@/config.json --bus pci.0 --addr 0x5)
 echo "ARGS $A"
 timeout 1200 qemu-system-x86_64 -accel tcg -smp 1 -m 160 -nodefaults -no-user-config -no-reboot \
   -display none -serial stdio -bios /usr/share/qemu/qboot.rom -kernel @KERNEL@ -initrd @INITRD@ \
   -append "console=ttyS0 quiet loglevel=0 panic=-1" $A
 echo "inner rc=$?"
-STEPS
-chroot /mnt /bin/sh /run/steps.sh 2>&1
 """
 
 
@@ -76,19 +64,11 @@ def config() -> Config:
 def test_inner_guest_sees_the_seeds_disk_through_kernel_vhost_scsi(tmp_path: Path) -> None:
     outer_kernel = generic_kernel()
     save_config(config(), tmp_path / "config.json")
-    try:
-        inner = GuestImage.build(tmp_path, extra_binaries=sg3_utils(), modules=VIRTIO_SCSI_MODULES,
-                                 init_script=INNER_SCRIPT)
-        script = (OUTER_SCRIPT.replace("@PYTHON@", sys.executable).replace("@DIR@", str(tmp_path))
-                  .replace("@WWN@", WWN).replace("@KERNEL@", str(inner.kernel))
-                  .replace("@INITRD@", str(inner.initrd)))
-        outer = GuestImage.build(None, modules=["virtio_pci", "9pnet_virtio", "9p"], init_script=script,
-                                 kernel=outer_kernel)
-    except MissingHostPart as exc:
-        pytest.skip(str(exc))
-    console = boot_guest(outer, qemu_args=[
-        "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
-    ], timeout=1500).replace("\r\n", "\n")
+    inner = build_image(tmp_path, extra_binaries=sg3_utils(), modules=VIRTIO_SCSI_MODULES, init_script=INNER_SCRIPT)
+    steps = (OUTER_STEPS.replace("@PYTHON@", sys.executable).replace("@DIR@", str(tmp_path))
+             .replace("@WWN@", WWN).replace("@KERNEL@", str(inner.kernel))
+             .replace("@INITRD@", str(inner.initrd)))
+    console = boot_host_root(host_root_image(steps, outer_kernel), timeout=1500)
     tail = console[-3000:]
     assert "apply rc=0" in console, tail
     assert f"ARGS -device vhost-scsi-pci,wwpn={WWN},bus=pci.0,addr=0x5" in console, tail

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -171,6 +172,42 @@ class Harness:
         self.fe.close()
         self.pump.stop()
         self.ram.close()
+
+
+class QemuPeer:
+    """A listening socket (tmp_path/vhost.sock), a QEMU started against it (`launch`), and one Pump per connection
+    accepted from it (`pump`); `close` kills QEMU, stops the pumps and closes the socket."""
+
+    def __init__(self, tmp_path: Path, *, accept_timeout: float) -> None:
+        self.path = str(tmp_path / "vhost.sock")
+        self.console = tmp_path / "console.txt"
+        self.ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.ls.bind(self.path)
+        self.ls.listen(1)
+        self.ls.settimeout(accept_timeout)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pumps: list[Pump] = []
+
+    def launch(self, cmd: list[str], log: Path) -> None:
+        """Start QEMU (`cmd`), its output in `log`."""
+        with open(log, "wb") as f:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT)
+
+    def pump(self, session: Session, device: VirtioScsi) -> Pump:
+        """Accept QEMU's next connection and serve it with a started Pump."""
+        conn, _ = self.ls.accept()
+        pump = Pump(conn, session, device)
+        pump.start()
+        self.pumps.append(pump)
+        return pump
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        for pump in self.pumps:
+            pump.stop()
+        self.ls.close()
 
 
 def wait_console(path: Path, marker: str, timeout: float) -> str:

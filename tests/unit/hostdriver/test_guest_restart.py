@@ -4,15 +4,13 @@ new back end runs the taken requests, and the guest's data reads back intact: no
 
 from __future__ import annotations
 
-import os
-import pathlib
 import socket
-import subprocess
 import threading
 from pathlib import Path
 
 import pytest
-from hostdriver_pump import Pump, wait_console
+from hostdriver_pump import QemuPeer, wait_console
+from support.guest import build_image, firmware_args
 
 from tests.restart.qemu10 import find_reconnecting_qemu
 from vhostscsi.backstores.ramdisk import RamdiskBackstore
@@ -20,7 +18,6 @@ from vhostscsi.guestkit import (
     GNU_DD,
     VIRTIO_SCSI_MODULES,
     GuestImage,
-    MissingHostPart,
     qemu_command,
     shared_memory_args,
 )
@@ -73,10 +70,7 @@ class FreezingPort:
 
 @pytest.fixture(scope="module")
 def image() -> GuestImage:
-    try:
-        return GuestImage.build(extra_binaries=[GNU_DD], modules=VIRTIO_SCSI_MODULES, init_script=SCRIPT)
-    except MissingHostPart as e:
-        pytest.skip(str(e))
+    return build_image(extra_binaries=[GNU_DD], modules=VIRTIO_SCSI_MODULES, init_script=SCRIPT)
 
 
 @pytest.mark.skipif(not QEMU_RECONNECT, reason=f"no QEMU that reconnects: {_RECONNECTING}")
@@ -85,40 +79,20 @@ def test_guest_writes_survive_a_back_end_restart(tmp_path: Path, image: GuestIma
     real = TargetPort("naa.5001405000000001", 1)
     real.add_lun(0, Device(disk, "disk0", "0f4a9bd8-5c3e-4f11-9d8e-000000000000", write_back=True))
     freezing = FreezingPort(real)
-    sock = str(tmp_path / "vhost.sock")
-    ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    ls.bind(sock)
-    ls.listen(1)
-    ls.settimeout(60)
-    console = tmp_path / "console.txt"
-    share = pathlib.Path(QEMU_RECONNECT).resolve().parent.parent / "share"
-    firmware = [arg for d in ("qemu", "seabios") if (share / d).is_dir() for arg in ("-L", str(share / d))]
-    cmd = qemu_command(image, console, firmware + shared_memory_args(512) + [
-        "-chardev", f"socket,id=c0,path={sock},reconnect-ms=500", "-device", "vhost-user-scsi-pci,chardev=c0"],
-        qemu=QEMU_RECONNECT)
-    with open(tmp_path / "qemu.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    pumps: list[Pump] = []
+    peer = QemuPeer(tmp_path, accept_timeout=60)
+    console = peer.console
+    peer.launch(qemu_command(image, console, firmware_args(QEMU_RECONNECT) + shared_memory_args(512) + [
+        "-chardev", f"socket,id=c0,path={peer.path},reconnect-ms=500", "-device", "vhost-user-scsi-pci,chardev=c0"],
+        qemu=QEMU_RECONNECT), tmp_path / "qemu.log")
     try:
-        conn, _ = ls.accept()
-        first = Pump(conn, Session(num_queues=3), VirtioScsi({1: freezing}))
-        first.start()
-        pumps.append(first)
+        first = peer.pump(Session(num_queues=3), VirtioScsi({1: freezing}))
         assert freezing.frozen.wait(120), f"the guest never wrote: {console.read_text(errors='replace')[-1500:]}"
-        conn.shutdown(socket.SHUT_RDWR)  # the back end "dies" with the write (and its batch) taken
-        conn2, _ = ls.accept()
-        second_session = Session(num_queues=3)
-        second = Pump(conn2, second_session, VirtioScsi({1: real}))
-        second.start()
-        pumps.append(second)
+        first.sock.shutdown(socket.SHUT_RDWR)  # the back end "dies" with the write (and its batch) taken
+        second = peer.pump(Session(num_queues=3), VirtioScsi({1: real}))
         text = wait_console(console, "GUESTKIT-EXIT", 180)
         assert "WRITE-DONE" in text and "VERIFY-OK" in text, text[-2000:]
         assert second.error is None and second.protocol_error is None
     finally:
         freezing.release.set()
-        proc.kill()
-        proc.wait()
-        for p in pumps:
-            p.stop()
-        ls.close()
+        peer.close()
         disk.close()

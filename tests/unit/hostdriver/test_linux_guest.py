@@ -6,12 +6,11 @@ whatever num_queues says; several queues are covered by the unit tests.)"""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 from pathlib import Path
 
 import pytest
-from hostdriver_pump import Pump, wait_console
+from hostdriver_pump import QemuPeer, wait_console
+from support.guest import build_image
 
 from vhostscsi.backstores.fileio import FileIOBackstore
 from vhostscsi.backstores.ramdisk import RamdiskBackstore
@@ -19,7 +18,6 @@ from vhostscsi.guestkit import (
     GNU_DD,
     VIRTIO_SCSI_MODULES,
     GuestImage,
-    MissingHostPart,
     qemu_command,
     shared_memory_args,
 )
@@ -69,11 +67,7 @@ class ResetCounter:
 
 @pytest.fixture(scope="module")
 def image() -> GuestImage:
-    try:
-        return GuestImage.build(extra_binaries=[GNU_DD, "/usr/bin/sg_reset"], modules=VIRTIO_SCSI_MODULES,
-                                init_script=SCRIPT)
-    except MissingHostPart as e:
-        pytest.skip(str(e))
+    return build_image(extra_binaries=[GNU_DD, "/usr/bin/sg_reset"], modules=VIRTIO_SCSI_MODULES, init_script=SCRIPT)
 
 
 def test_guest_resize_event_and_lun_reset(tmp_path: Path, image: GuestImage) -> None:
@@ -85,21 +79,13 @@ def test_guest_resize_event_and_lun_reset(tmp_path: Path, image: GuestImage) -> 
     real = TargetPort("naa.5001405000000001", 1)
     real.add_lun(0, dev)
     port = ResetCounter(real)
-    sock = str(tmp_path / "vhost.sock")
-    ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    ls.bind(sock)
-    ls.listen(1)
-    ls.settimeout(60)
-    console = tmp_path / "console.txt"
-    cmd = qemu_command(image, console, shared_memory_args(512) + [
-        "-chardev", f"socket,id=c0,path={sock}", "-device", "vhost-user-scsi-pci,chardev=c0"])
-    with open(tmp_path / "qemu.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    pump = None
+    peer = QemuPeer(tmp_path, accept_timeout=60)
+    console = peer.console
+    peer.launch(qemu_command(image, console, shared_memory_args(512) + [
+        "-chardev", f"socket,id=c0,path={peer.path}", "-device", "vhost-user-scsi-pci,chardev=c0"]),
+        tmp_path / "qemu.log")
     try:
-        conn, _ = ls.accept()
-        pump = Pump(conn, Session(num_queues=3), VirtioScsi({1: port}, nexus={1: "naa.5001405000000002"}))
-        pump.start()
+        pump = peer.pump(Session(num_queues=3), VirtioScsi({1: port}, nexus={1: "naa.5001405000000002"}))
         text = wait_console(console, "RESIZE-READY", 120)
         assert f"SIZE1 {SIZE1 // 512}" in text and "READ-OK" in text
         # grow the medium; tell the guest only through the event queue (no unit attention is queued)
@@ -124,9 +110,5 @@ def test_guest_resize_event_and_lun_reset(tmp_path: Path, image: GuestImage) -> 
         assert "GUESTKIT-EXIT 0" in text
         assert pump.error is None and pump.protocol_error is None
     finally:
-        proc.kill()
-        proc.wait()
-        if pump is not None:
-            pump.stop()
-        ls.close()
+        peer.close()
         fio.close()

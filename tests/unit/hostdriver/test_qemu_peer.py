@@ -5,17 +5,15 @@ protocol and the rings work with the real peer."""
 from __future__ import annotations
 
 import contextlib
-import os
 import pathlib
 import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from hostdriver_pump import Pump
+from hostdriver_pump import Pump, QemuPeer
+from support.guest import firmware_args
 from tests.restart.qemu10 import find_reconnecting_qemu
 from vhostscsi.backstores.ramdisk import RamdiskBackstore
 from vhostscsi.scsi import Device, TargetPort
@@ -54,52 +52,33 @@ class RecordingSession(Session):
         return r
 
 
-class QemuPeer:
-    """A listening socket, QEMU (firmware only, TCG) connected to it, and one pump per accepted connection."""
+class FirmwarePeer(QemuPeer):
+    """QEMU (firmware only, TCG) on the listening socket, and one pump per accepted connection."""
 
     def __init__(self, tmp_path: pathlib.Path, qemu: str, *, reconnect: bool = False) -> None:
-        self.path = str(tmp_path / "vhost.sock")
-        self.console = tmp_path / "console.txt"
-        self.ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.ls.bind(self.path)
-        self.ls.listen(1)
-        self.ls.settimeout(30)
-        prefix = pathlib.Path(qemu).resolve().parent.parent / "share"
-        data = [arg for d in ("qemu", "seabios") if (prefix / d).is_dir() for arg in ("-L", str(prefix / d))]
+        super().__init__(tmp_path, accept_timeout=30)
         chardev = f"socket,id=c0,path={self.path}" + (",reconnect-ms=500" if reconnect else "")
-        self.proc = subprocess.Popen(
-            [qemu, *data, "-accel", "tcg", "-smp", "1", "-m", "128", "-nodefaults", "-display", "none",
+        self.launch(
+            [qemu, *firmware_args(qemu), "-accel", "tcg", "-smp", "1", "-m", "128", "-nodefaults", "-display", "none",
              "-serial", f"file:{self.console}",
              "-object", "memory-backend-memfd,id=mem,size=128M,share=on", "-machine", "pc,memory-backend=mem",
              "-chardev", chardev, "-device", "vhost-user-scsi-pci,chardev=c0"],
-            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "qemu.err", "w"),
+            tmp_path / "qemu.err",
         )
-        self.pumps: list[Pump] = []
 
     def serve(self, ports, **session_kw) -> tuple[RecordingSession, Pump]:
-        conn, _ = self.ls.accept()
         session = RecordingSession(num_queues=3, **session_kw)
-        pump = Pump(conn, session, VirtioScsi(ports))
-        pump.start()
-        self.pumps.append(pump)
-        return session, pump
+        return session, self.pump(session, VirtioScsi(ports))
 
     def booted(self, marker: bytes = b"VHOSTSCSI-BOOT-OK") -> bool:
         return self.console.exists() and marker in self.console.read_bytes()
 
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-        for pump in self.pumps:
-            pump.stop()
-        self.ls.close()
-
 
 @contextlib.contextmanager
-def qemu_peer(tmp_path, qemu: str | None = QEMU, **kw) -> Iterator[QemuPeer]:
+def qemu_peer(tmp_path, qemu: str | None = QEMU, **kw) -> Iterator[FirmwarePeer]:
     if qemu is None:
         pytest.skip("qemu-system-x86_64 is not installed")
-    peer = QemuPeer(tmp_path, qemu, **kw)
+    peer = FirmwarePeer(tmp_path, qemu, **kw)
     try:
         yield peer
     finally:

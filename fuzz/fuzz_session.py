@@ -39,7 +39,8 @@ def make(t):
             nonlocal events_left
             req = int.from_bytes(chunk[:4], "little") if len(chunk) >= 4 else -1
             if req in MEMFD_REQUESTS and mode & 1:
-                fd = os.memfd_create(t.MEM_NAME, os.MFD_CLOEXEC)
+                # sealable as QEMU's memfd RAM, unless mode bit 6 asks for one the session must refuse
+                fd = os.memfd_create(t.MEM_NAME, os.MFD_CLOEXEC | (0 if mode & 64 else os.MFD_ALLOW_SEALING))
                 os.ftruncate(fd, 65536)
                 os.pwrite(fd, body[-65536:], 0)
                 return [fd]

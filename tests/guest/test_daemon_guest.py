@@ -19,11 +19,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.config import one_disk_config
 from support.daemon import ServeProcess
 from support.guest import build_image
 
-from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
-from vhostscsi.config.store import save_config
 from vhostscsi.guestkit import (
     GNU_DD,
     VIRTIO_SCSI_MODULES,
@@ -109,13 +108,7 @@ def start_qemu(img: GuestImage, workdir: Path, sock: Path, *, allow_reboot: bool
 
 def test_guest_on_vhostscsi_serve(tmp_path: Path, daemon_image: GuestImage) -> None:
     disk = tmp_path / "disk0.img"
-    config = tmp_path / "saveconfig.json"
-    cfg = Config()
-    so = cfg.add_storage_object(new_storage_object("fileio", "disk0", dev=str(disk), size=DISK_SIZE))
-    cfg.add_target(new_vhost_target(WWN)).tpgs[0].add_lun(so)
-    save_config(cfg, config)
-    with open(disk, "wb") as f:
-        f.truncate(DISK_SIZE)
+    config = one_disk_config(tmp_path / "saveconfig.json", disk, DISK_SIZE, wwn=WWN)
     daemon = ServeProcess(tmp_path, config, wwn=WWN, log_path=tmp_path / "serve.log")
     sock = daemon.socket
     guests: list[Guest] = []

@@ -18,11 +18,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.config import one_disk_config
 from support.daemon import ServeProcess
 from support.guest import build_image, firmware_args
 
-from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
-from vhostscsi.config.store import save_config
 from vhostscsi.guestkit import GNU_DD, VIRTIO_SCSI_MODULES, shared_memory_args, start_guest
 
 pytestmark = pytest.mark.guest
@@ -63,20 +62,14 @@ def reconnecting_qemu() -> tuple[str, list[str], str]:
 def test_guest_io_survives_daemon_restart_and_crash(tmp_path: Path) -> None:
     qemu, extra, reconnect = reconnecting_qemu()
     img = build_image(extra_binaries=[GNU_DD], modules=VIRTIO_SCSI_MODULES, init_script=SCRIPT)
-    disk = tmp_path / "disk0.img"
-    with open(disk, "wb") as f:
-        f.truncate(64 << 20)
-    cfg = Config()
-    so = cfg.add_storage_object(new_storage_object("fileio", "disk0", dev=str(disk), size=64 << 20))
-    cfg.add_target(new_vhost_target(WWN)).tpgs[0].add_lun(so)
-    save_config(cfg, tmp_path / "saveconfig.json")
+    config = one_disk_config(tmp_path / "saveconfig.json", tmp_path / "disk0.img", 64 << 20, wwn=WWN)
     sock = tmp_path / "run" / f"{WWN}.sock"
     log_path = tmp_path / "serve.log"
 
     def serve() -> ServeProcess:
-        proc = ServeProcess(tmp_path, tmp_path / "saveconfig.json", wwn=WWN, sockdir=sock.parent, log_path=log_path,
+        proc = ServeProcess(tmp_path, config, wwn=WWN, sockdir=sock.parent, log_path=log_path,
                             append=True)
-        proc.wait_socket(20)
+        proc.wait_socket(20, required=False)
         return proc
 
     daemon = serve()

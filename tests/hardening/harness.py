@@ -13,10 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+from support.config import one_disk_config, save_targets  # noqa: F401 (save_targets: for the tests)
 from support.daemon import ServeProcess
 
-from vhostscsi.config.model import Config, StorageObject, new_storage_object, new_vhost_target
-from vhostscsi.config.store import save_config
 from vhostscsi.hostdriver.frontend import FrontEnd
 from vhostscsi.hostdriver.guestram import GuestRam
 from vhostscsi.hostdriver.initiator import ScsiInitiator
@@ -25,32 +24,11 @@ HERE = Path(__file__).resolve().parent
 WWN = "naa.5001405deadbe001"
 
 
-def save_targets(path: Path, targets: dict[str, list[tuple[StorageObject, bool]]]) -> Path:
-    """Save a configuration: for each vhost target WWN, its LUNs 0.. as (storage object, write_protect); fileio
-    backing files that do not exist yet are created sparse at the object's size."""
-    cfg = Config()
-    for wwn, luns in targets.items():
-        target = new_vhost_target(wwn)
-        for so, write_protect in luns:
-            if cfg.find_storage_object(so.path) is None:
-                cfg.add_storage_object(so)
-            if so.plugin == "fileio" and so.dev and not os.path.exists(so.dev) and os.path.isdir(os.path.dirname(so.dev)):
-                with open(so.dev, "wb") as f:
-                    f.truncate(so.size)
-            target.tpgs[0].add_lun(so, write_protect=write_protect)
-        cfg.add_target(target)
-    save_config(cfg, path)
-    return path
-
-
 def make_config(path: Path, disk: Path, size: int, *, write_back: bool = True, write_protect: bool = False,
                 create: bool = True) -> Path:
-    """A saved configuration: one fileio disk0 on `disk`, one vhost target with it as LUN 0."""
-    if create and not disk.exists():
-        with open(disk, "wb") as f:
-            f.truncate(size)
-    so = new_storage_object("fileio", "disk0", dev=str(disk), size=size, write_back=write_back)
-    return save_targets(path, {WWN: [(so, write_protect)]})
+    """A saved configuration: one fileio disk0 on `disk`, target WWN with it as LUN 0."""
+    return one_disk_config(path, disk, size, wwn=WWN, write_back=write_back, write_protect=write_protect,
+                           create=create)
 
 
 class Guest:

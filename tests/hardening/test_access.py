@@ -85,8 +85,7 @@ def test_write_protected_lun_through_the_daemon(tmp_path: Path) -> None:
     try:
         daemon.wait_log(r"listening on")
         before = (tmp_path / "disk0.img").read_bytes()
-        fe, ram, init = daemon.connect()
-        try:
+        with daemon.connected() as (fe, ram, init):
             init.command(bytes(6))  # TEST UNIT READY takes the power-on unit attention
             for name, cdb, dout in WRITES:
                 r = init.command(cdb, data_out=dout)
@@ -94,9 +93,6 @@ def test_write_protected_lun_through_the_daemon(tmp_path: Path) -> None:
                 assert _answer(r.status, r.sense) == (2, DATA_PROTECT, WRITE_PROTECTED_ASC), (name, r)
             r = init.command(struct.pack(">BBIBHB", 0x28, 0, 8, 0, 8, 0), data_in_len=8 * 512)
             assert r.status == 0 and r.data == before[8 * 512 : 16 * 512]
-        finally:
-            fe.close()
-            ram.close()
         assert (tmp_path / "disk0.img").read_bytes() == before
         assert daemon.alive()
     finally:
@@ -291,14 +287,10 @@ def test_daemon_skips_a_hand_edited_unusable_path_and_serves_the_rest(tmp_path: 
     try:
         daemon.wait_log(r"listening on")
         assert "cannot open /backstores/fileio/bad" in daemon.log()
-        fe, ram, init = daemon.connect()
-        try:
+        with daemon.connected() as (fe, ram, init):
             assert init.command(bytes([0x12, 0, 0, 0, 96, 0]), lun=1, data_in_len=96).status == 0
             r = init.command(bytes([0x12, 0, 0, 0, 96, 0]), lun=0, data_in_len=96)
             assert r.status == 0 and r.data[0] & 0xE0 in (0x20, 0x60)  # LUN 0 not connected
-        finally:
-            fe.close()
-            ram.close()
         assert daemon.alive()
     finally:
         daemon.kill()

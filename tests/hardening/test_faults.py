@@ -67,8 +67,7 @@ def test_full_file_system_fails_that_write_with_space_sense_and_nothing_else(tmp
         # an 8 MiB sparse LUN on a 1 MiB file system: the guest can ask for more than there is
         daemon = Daemon(tmp_path, two_disk_config(tmp_path, mnt / "disk0.img", 8 << 20))
         daemon.wait_log(r"listening on")
-        fe, ram, init = daemon.connect()
-        try:
+        with daemon.connected() as (fe, ram, init):
             settle(init)
             first = os.urandom(64 * 1024)
             assert init.command(write10(0, 128, fua=True), data_out=first).status == 0
@@ -89,9 +88,6 @@ def test_full_file_system_fails_that_write_with_space_sense_and_nothing_else(tmp
             assert init.command(write10(0, 8), data_out=first[:4096]).status == 0
             assert init.command(INQUIRY, lun=1, data_in_len=96).status == 0
             assert init.command(write10(0, 8), lun=1, data_out=first[:4096]).status == 0
-        finally:
-            fe.close()
-            ram.close()
         assert daemon.alive()
     finally:
         if daemon is not None:
@@ -110,8 +106,7 @@ def test_storage_gone_reports_not_ready_and_the_daemon_stays_up(tmp_path: Path) 
     try:
         daemon = Daemon(tmp_path, two_disk_config(tmp_path, tmp_path / "mnt" / "disk0.img", 4 << 20))
         daemon.wait_log(r"listening on")
-        fe, ram, init = daemon.connect()
-        try:
+        with daemon.connected() as (fe, ram, init):
             settle(init)
             assert init.command(write10(0, 8, fua=True), data_out=os.urandom(4096)).status == 0
             mount.proc.send_signal(signal.SIGKILL)  # storage gone, mount left in place
@@ -121,9 +116,6 @@ def test_storage_gone_reports_not_ready_and_the_daemon_stays_up(tmp_path: Path) 
                 assert r.response == vs.S_OK and r.status == 2 and key(r) == NOT_READY, r
             assert init.command(INQUIRY, lun=1, data_in_len=96).status == 0
             assert init.command(read10(0, 8), lun=1, data_in_len=4096).status == 0
-        finally:
-            fe.close()
-            ram.close()
         assert daemon.alive()
     finally:
         if daemon is not None:
@@ -138,8 +130,7 @@ def test_backing_file_removed_reports_not_ready_and_the_daemon_stays_up(tmp_path
     daemon = Daemon(tmp_path, two_disk_config(tmp_path, disk, 4 << 20))
     try:
         daemon.wait_log(r"listening on")
-        fe, ram, init = daemon.connect()
-        try:
+        with daemon.connected() as (fe, ram, init):
             settle(init)
             disk.unlink()
             deadline = time.monotonic() + 10
@@ -151,9 +142,6 @@ def test_backing_file_removed_reports_not_ready_and_the_daemon_stays_up(tmp_path
             w = init.command(write10(0, 8), data_out=bytes(4096))
             assert w.status == 2 and key(w) == NOT_READY, f"a write into a removed file was acknowledged: {w}"
             assert init.command(INQUIRY, lun=1, data_in_len=96).status == 0
-        finally:
-            fe.close()
-            ram.close()
         assert daemon.alive()
     finally:
         daemon.kill()
@@ -167,10 +155,8 @@ def _kill_mid_io_cycles(tmp_path: Path, cycles: int) -> tuple[int, int, int]:
     daemon = Daemon(tmp_path, two_disk_config(tmp_path, tmp_path / "disk0.img", 4 << 20))
     try:
         daemon.wait_log(r"listening on")
-        fe, ram, init = daemon.connect()  # warm up: first-use allocations are not leaks
-        settle(init)
-        fe.close()
-        ram.close()
+        with daemon.connected() as (fe, ram, init):  # warm up: first-use allocations are not leaks
+            settle(init)
         daemon.wait_log(r"disconnected")
         time.sleep(0.3)
         fds0, maps0 = daemon.fd_count(), daemon.map_count()
@@ -192,10 +178,8 @@ def _kill_mid_io_cycles(tmp_path: Path, cycles: int) -> tuple[int, int, int]:
         # let the daemon see the last hang-up
         daemon.wait_log(r"disconnected", count=cycles + 1, timeout=60)
         time.sleep(0.5)
-        fe, ram, init = daemon.connect()  # still serving
-        assert init.command(INQUIRY, data_in_len=96).status == 0
-        fe.close()
-        ram.close()
+        with daemon.connected() as (fe, ram, init):  # still serving
+            assert init.command(INQUIRY, data_in_len=96).status == 0
         daemon.wait_log(r"disconnected", count=cycles + 2, timeout=30)
         time.sleep(0.3)
         assert daemon.alive()
@@ -243,9 +227,7 @@ def test_hostile_front_end_cannot_make_the_daemon_leak_fds(tmp_path: Path) -> No
         time.sleep(0.3)
         leaked = daemon.fd_count() - fds0
         assert leaked == 0, f"the daemon kept {leaked} fds after 20 hostile connections"
-        fe, ram, init = daemon.connect()
-        assert init.command(INQUIRY, data_in_len=96).status == 0
-        fe.close()
-        ram.close()
+        with daemon.connected() as (fe, ram, init):
+            assert init.command(INQUIRY, data_in_len=96).status == 0
     finally:
         daemon.kill()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from support.config import one_disk_config
 from support.daemon import ServeProcess, serve_command
 
 from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
@@ -52,17 +53,7 @@ def serve(tmp: Path, config: Path, sockdir: Path | None = None) -> ServeProcess:
 
 
 def make_config(tmp: Path, *, write_back: bool = True) -> Path:
-    cfg = Config()
-    so = new_storage_object("fileio", "disk0", dev=str(tmp / "disk0.img"), size=DISK_SIZE, write_back=write_back)
-    cfg.add_storage_object(so)
-    target = new_vhost_target(WWN)
-    target.tpgs[0].add_lun(so)
-    cfg.add_target(target)
-    with open(tmp / "disk0.img", "wb") as f:
-        f.truncate(DISK_SIZE)
-    path = tmp / "saveconfig.json"
-    save_config(cfg, path)
-    return path
+    return one_disk_config(tmp / "saveconfig.json", tmp / "disk0.img", DISK_SIZE, wwn=WWN, write_back=write_back)
 
 
 @pytest.fixture
@@ -77,12 +68,8 @@ def served(tmp_path: Path) -> Iterator[ServeProcess]:
 
 @pytest.fixture
 def guest(served: ServeProcess) -> Iterator[tuple[FrontEnd, GuestRam, ScsiInitiator]]:
-    fe, ram, init = served.connect()
-    try:
-        yield fe, ram, init
-    finally:
-        fe.close()
-        ram.close()
+    with served.connected() as connection:
+        yield connection
 
 
 def inquire(fe: FrontEnd) -> None:
@@ -179,10 +166,8 @@ def test_protocol_garbage_drops_only_that_peer(served: ServeProcess) -> None:
     assert s.recv(16) == b""  # dropped
     s.close()
     served.wait_log(r"protocol error")
-    fe, ram, init = served.connect()  # the next connection is served
-    assert init.command(INQUIRY, data_in_len=96).status == 0
-    fe.close()
-    ram.close()
+    with served.connected() as (fe, ram, init):  # the next connection is served
+        assert init.command(INQUIRY, data_in_len=96).status == 0
 
 
 # ---- connections come and go -----------------------------------------------------------------------------------
@@ -201,10 +186,8 @@ def test_disconnect_releases_everything_and_next_guest_is_served(served: ServePr
     # 3 rings x (kick, call, err) + the socket were closed
     assert served.fd_count() <= fds_connected - 10
     for _ in range(2):
-        fe, ram, init = served.connect()
-        assert init.command(INQUIRY, data_in_len=96).status == 0
-        fe.close()
-        ram.close()
+        with served.connected() as (fe, ram, init):
+            assert init.command(INQUIRY, data_in_len=96).status == 0
         served.wait_log(r"disconnected", count=_ + 2)
 
 
@@ -294,20 +277,18 @@ def test_target_created_later_gets_its_socket(tmp_path: Path) -> None:
 
 # ---- stopping --------------------------------------------------------------------------------------------------
 def test_sigterm_drains_queued_io_flushes_and_exits_0(served: ServeProcess) -> None:
-    fe, ram, init = served.connect()
-    pattern = os.urandom(32 * 512)
-    heads = []
-    for i in range(8):  # queued but not kicked: only the shutdown drain can complete them
-        heads.append(init.submit(write10(i * 32, 32), data_out=pattern)[0])
-    assert served.stop(signal.SIGTERM) == 0
-    log = served.log()
-    assert "completed 8 queued request(s)" in log and "stopped" in log
-    assert len(init.collect(2)) == 8
-    data = (served.workdir / "disk0.img").read_bytes()
-    assert all(data[i * 32 * 512 : (i + 1) * 32 * 512] == pattern for i in range(8))
-    assert not served.socket.exists()
-    fe.close()
-    ram.close()
+    with served.connected() as (fe, ram, init):
+        pattern = os.urandom(32 * 512)
+        heads = []
+        for i in range(8):  # queued but not kicked: only the shutdown drain can complete them
+            heads.append(init.submit(write10(i * 32, 32), data_out=pattern)[0])
+        assert served.stop(signal.SIGTERM) == 0
+        log = served.log()
+        assert "completed 8 queued request(s)" in log and "stopped" in log
+        assert len(init.collect(2)) == 8
+        data = (served.workdir / "disk0.img").read_bytes()
+        assert all(data[i * 32 * 512 : (i + 1) * 32 * 512] == pattern for i in range(8))
+        assert not served.socket.exists()
 
 
 @pytest.mark.parametrize("case", ["bad-json", "dir-is-a-file", "dir-too-long"])
@@ -363,23 +344,21 @@ def test_grown_block_device_is_announced_to_the_guest(tmp_path: Path, loop_devic
     s = serve(tmp_path, tmp_path / "saveconfig.json")
     try:
         s.wait_log("listening on")
-        fe, ram, init = s.connect()
-        gpas = init.post_event_buffers(2)
-        read_capacity = bytes([0x25]) + bytes(9)
-        assert init.command(read_capacity, data_in_len=8).data == struct.pack(">II", (8 << 20) // 512 - 1, 512)
-        with open(image, "r+b") as f:
-            f.truncate(16 << 20)
-        subprocess.run(["losetup", "-c", dev], check=True)
-        s.proc.send_signal(signal.SIGHUP)  # `systemctl reload vhostscsi` after growing the device
-        init.wait_any(1, timeout=10)
-        event, lun, reason = init.read_event(gpas[0])
-        assert (event, lun, reason) == (vs.T_PARAM_CHANGE, bytes([1, 1, 0, 0, 0, 0, 0, 0]), 0x2A | 0x09 << 8)
-        r = init.command(read_capacity, data_in_len=8)  # first: the unit attention, as LIO
-        assert r.status == 2 and r.sense[2] & 0x0F == 0x06 and (r.sense[12], r.sense[13]) == (0x2A, 0x09)
-        assert init.command(read_capacity, data_in_len=8).data == struct.pack(">II", (16 << 20) // 512 - 1, 512)
-        s.wait_log(r"/backstores/block/blk: capacity changed to 16777216 bytes")
-        fe.close()
-        ram.close()
+        with s.connected() as (fe, ram, init):
+            gpas = init.post_event_buffers(2)
+            read_capacity = bytes([0x25]) + bytes(9)
+            assert init.command(read_capacity, data_in_len=8).data == struct.pack(">II", (8 << 20) // 512 - 1, 512)
+            with open(image, "r+b") as f:
+                f.truncate(16 << 20)
+            subprocess.run(["losetup", "-c", dev], check=True)
+            s.proc.send_signal(signal.SIGHUP)  # `systemctl reload vhostscsi` after growing the device
+            init.wait_any(1, timeout=10)
+            event, lun, reason = init.read_event(gpas[0])
+            assert (event, lun, reason) == (vs.T_PARAM_CHANGE, bytes([1, 1, 0, 0, 0, 0, 0, 0]), 0x2A | 0x09 << 8)
+            r = init.command(read_capacity, data_in_len=8)  # first: the unit attention, as LIO
+            assert r.status == 2 and r.sense[2] & 0x0F == 0x06 and (r.sense[12], r.sense[13]) == (0x2A, 0x09)
+            assert init.command(read_capacity, data_in_len=8).data == struct.pack(">II", (16 << 20) // 512 - 1, 512)
+            s.wait_log(r"/backstores/block/blk: capacity changed to 16777216 bytes")
         assert s.stop() == 0
     finally:
         s.kill()
@@ -439,10 +418,8 @@ def test_random_vhost_user_messages_never_kill_the_daemon(served: ServeProcess) 
     fe.close()
     regular.close()
     assert sent > 300
-    fe, ram, init = served.connect()
-    assert init.command(INQUIRY, data_in_len=96).status == 0
-    fe.close()
-    ram.close()
+    with served.connected() as (fe, ram, init):
+        assert init.command(INQUIRY, data_in_len=96).status == 0
     served.wait_log(r"disconnected", count=1)
     deadline = time.monotonic() + 5
     while served.fd_count() > baseline_fds and time.monotonic() < deadline:

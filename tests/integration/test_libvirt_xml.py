@@ -12,12 +12,14 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.config import one_disk_config
+from support.daemon import ServeProcess
+from support.guest import build_image
 
 from vhostscsi.integrations.cli import run
 
@@ -162,27 +164,15 @@ def test_libvirt_runs_the_user_engine_domain_against_the_daemon(embed_root: Path
     """
     import time
 
-    from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
-    from vhostscsi.config.store import save_config
-    from vhostscsi.guestkit import VIRTIO_SCSI_MODULES, GuestImage, MissingHostPart
+    from vhostscsi.guestkit import VIRTIO_SCSI_MODULES
 
-    try:
-        img = GuestImage.build(embed_root / "img", modules=VIRTIO_SCSI_MODULES, init_script=GUEST_SCRIPT)
-    except MissingHostPart as exc:
-        pytest.skip(str(exc))
+    img = build_image(embed_root / "img", modules=VIRTIO_SCSI_MODULES, init_script=GUEST_SCRIPT)
     for path in (embed_root / "img", img.initrd):
         os.chmod(path, 0o755)
     (embed_root / "etc").mkdir(mode=0o777)
     os.chmod(embed_root / "etc", 0o777)  # libvirt (unprivileged) makes etc/qemu in it
     (embed_root / "etc" / "qemu.conf").write_text('stdio_handler = "file"\n')  # no virtlogd here
-    image = embed_root / "disk0.img"
-    image.write_bytes(b"")
-    os.truncate(image, 64 << 20)
-    cfg = Config()
-    disk = cfg.add_storage_object(new_storage_object("fileio", "disk0", dev=str(image), size=64 << 20))
-    cfg.add_target(new_vhost_target(WWN)).tpgs[0].add_lun(disk)
-    config = embed_root / "saveconfig.json"
-    save_config(cfg, config)
+    config = one_disk_config(embed_root / "saveconfig.json", embed_root / "disk0.img", 64 << 20, wwn=WWN)
     sockets = embed_root / "sockets"
     fragment = run(["libvirt-xml", WWN, "--engine", "user", "--config", str(config), "--socket-dir", str(sockets)])
     _, rest = fragment.split("\n", 1)
@@ -199,14 +189,10 @@ def test_libvirt_runs_the_user_engine_domain_against_the_daemon(embed_root: Path
     domain_file.write_text(xml)
     os.chmod(domain_file, 0o644)
 
-    daemon = subprocess.Popen([sys.executable, "-m", "vhostscsi", "serve", "--config", str(config),
-                               "--socket-dir", str(sockets)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemon = ServeProcess(embed_root, config, wwn=WWN, sockdir=sockets)
     virsh = None
     try:
-        deadline = time.monotonic() + 30
-        while not (sockets / f"{WWN}.sock").is_socket():
-            assert daemon.poll() is None and time.monotonic() < deadline, "daemon did not create its socket"
-            time.sleep(0.1)
+        daemon.wait_socket(30)
         os.chmod(sockets, 0o755)
         os.chmod(sockets / f"{WWN}.sock", 0o666)  # QEMU runs as the unprivileged user
         prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
@@ -235,6 +221,6 @@ def test_libvirt_runs_the_user_engine_domain_against_the_daemon(embed_root: Path
                 os.kill(int(pid_file.read_text().strip()), 9)
             except (ProcessLookupError, ValueError):
                 pass
-        _stop(daemon)
+        daemon.terminate(30)
     text = console.read_text(errors="replace").replace("\r\n", "\n")
     assert re.findall(r"^DEV (.*)$", text, re.M) == ["0:0:1:0 LIO-ORG |disk0           |4.0 "], text[-2000:]

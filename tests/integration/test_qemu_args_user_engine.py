@@ -7,19 +7,15 @@ disk. This is the user-engine twin of the kernel engine's nested test.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from support.config import one_disk_config
+from support.daemon import ServeProcess
+from support.guest import build_image
 
-from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
-from vhostscsi.config.store import save_config
-from vhostscsi.guestkit import VIRTIO_SCSI_MODULES, GuestImage, MissingHostPart, boot_guest
+from vhostscsi.guestkit import VIRTIO_SCSI_MODULES, boot_guest
 from vhostscsi.integrations.cli import run
 
 pytestmark = pytest.mark.guest
@@ -37,37 +33,18 @@ dmesg | grep -E "sd 0:0:1:0: \[sda\] (Mode Sense|Write cache)" | sed 's/^\[[ 0-9
 
 
 def test_printed_user_engine_args_reach_the_daemon(tmp_path: Path) -> None:
-    image = tmp_path / "disk0.img"
-    image.write_bytes(b"")
-    os.truncate(image, 64 << 20)
-    cfg = Config()
-    disk = cfg.add_storage_object(new_storage_object("fileio", "disk0", dev=str(image), size=64 << 20))
-    cfg.add_target(new_vhost_target(WWN)).tpgs[0].add_lun(disk)
-    config = tmp_path / "saveconfig.json"
-    save_config(cfg, config)
+    config = one_disk_config(tmp_path / "saveconfig.json", tmp_path / "disk0.img", 64 << 20, wwn=WWN)
     sockets = tmp_path / "sockets"
-    try:
-        img = GuestImage.build(None, modules=VIRTIO_SCSI_MODULES, init_script=GUEST_SCRIPT)
-    except MissingHostPart as exc:
-        pytest.skip(str(exc))
+    img = build_image(None, modules=VIRTIO_SCSI_MODULES, init_script=GUEST_SCRIPT)
     args = run(["qemu-args", WWN, "--engine", "user", "--config", str(config), "--socket-dir", str(sockets),
                 "--memory", f"{MEMORY_MB}M"]).split()
-    daemon = subprocess.Popen([sys.executable, "-m", "vhostscsi", "serve", "--config", str(config),
-                               "--socket-dir", str(sockets)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    daemon = ServeProcess(tmp_path, config, wwn=WWN, sockdir=sockets)
     try:
-        deadline = time.monotonic() + 30
-        while not (sockets / f"{WWN}.sock").is_socket():
-            assert daemon.poll() is None and time.monotonic() < deadline, "daemon did not create its socket"
-            time.sleep(0.1)
+        daemon.wait_socket(30)
         console = boot_guest(img, qemu_args=[*args, "-bios", "/usr/share/qemu/qboot.rom"],
                              memory_mb=MEMORY_MB, timeout=300).replace("\r\n", "\n")
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
+        daemon.terminate(30)
     assert re.findall(r"^DEV (.*)$", console, re.M) == ["0:0:1:0 LIO-ORG |disk0           |4.0 "], console[-2000:]
     dmesg = re.findall(r"^DMESG (.*)$", console, re.M)
     assert "sd 0:0:1:0: [sda] Mode Sense: 43 00 10 08" in dmesg, console[-2000:]

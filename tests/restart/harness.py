@@ -17,10 +17,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from support.config import one_disk_config
 from support.daemon import ServeProcess
 
-from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
-from vhostscsi.config.store import save_config
 
 HERE = Path(__file__).resolve().parent
 WWN = "naa.5001405c0ffee0a9"
@@ -69,17 +68,9 @@ def guest_script(runtime: int = 4, max_rounds: int = 200) -> str:
 
 def make_config(workdir: Path) -> tuple[Path, Path]:
     disk = workdir / "disk0.img"
-    with open(disk, "wb") as f:
-        f.truncate(DISK_SIZE)
-    cfg = Config()
     # write_back=False: every WRITE is synced (FUA) before it completes, so requests stay in flight long enough for
     # SIGKILLs to catch some mid-way, and what the guest was told is written is on disk.
-    so = cfg.add_storage_object(new_storage_object("fileio", "disk0", dev=str(disk), size=DISK_SIZE,
-                                                   write_back=False))
-    cfg.add_target(new_vhost_target(WWN)).tpgs[0].add_lun(so)
-    path = workdir / "saveconfig.json"
-    save_config(cfg, path)
-    return path, disk
+    return one_disk_config(workdir / "saveconfig.json", disk, DISK_SIZE, wwn=WWN, write_back=False), disk
 
 
 def hold_socket(workdir: Path) -> socket.socket:

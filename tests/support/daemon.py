@@ -8,6 +8,7 @@ process by default; a shared file appended to by successive daemons).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from vhostscsi.hostdriver.frontend import FrontEnd
@@ -89,12 +91,18 @@ class ServeProcess:
                                      f"{self.log()[-5000:]}")
             time.sleep(0.02)
 
-    def wait_socket(self, timeout: float = 20.0) -> bool:
-        """Wait (at most `timeout`) for the socket file to exist; whether it does."""
+    def wait_socket(self, timeout: float = 20.0, *, required: bool = True) -> bool:
+        """Wait for the target's socket to exist. `required`: AssertionError if the daemon exits or `timeout` passes
+        first; else just whether it exists after at most `timeout`."""
         deadline = time.monotonic() + timeout
-        while not self.socket.exists() and time.monotonic() < deadline:
+        while not self.socket.is_socket():
+            if required:
+                assert self.alive() and time.monotonic() < deadline, (
+                    f"daemon did not create its socket {self.socket}:\n{self.log()[-5000:]}")
+            elif time.monotonic() >= deadline:
+                return False
             time.sleep(0.05)
-        return self.socket.exists()
+        return True
 
     def connect(self, *, ram_size: int = 16 << 20, queue_size: int = 64,
                 **kw: Any) -> tuple[FrontEnd, GuestRam, ScsiInitiator]:
@@ -104,6 +112,16 @@ class ServeProcess:
         init = ScsiInitiator(fe, ram, queue_size=queue_size, **kw)
         init.start()
         return fe, ram, init
+
+    @contextlib.contextmanager
+    def connected(self, **kw: Any) -> Iterator[tuple[FrontEnd, GuestRam, ScsiInitiator]]:
+        """`connect(**kw)` for a `with` block: the connection and its guest RAM are closed at the end."""
+        fe, ram, init = self.connect(**kw)
+        try:
+            yield fe, ram, init
+        finally:
+            fe.close()
+            ram.close()
 
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
@@ -128,6 +146,13 @@ class ServeProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout)
+
+    def terminate(self, timeout: float = 30.0) -> None:
+        """SIGTERM, and SIGKILL if it has not exited within `timeout` (for `finally:`)."""
+        try:
+            self.stop(signal.SIGTERM, timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
 
     def kill(self) -> None:
         """SIGKILL it if it still runs, and reap it (for `finally:`)."""

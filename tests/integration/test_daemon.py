@@ -22,6 +22,7 @@ import pytest
 
 from support.config import one_disk_config
 from support.daemon import ServeProcess, serve_command
+from support.loop import loop_device as attached_loop
 
 from vhostscsi.config.model import Config, new_storage_object, new_vhost_target
 from vhostscsi.config.store import load_config, save_config
@@ -323,16 +324,8 @@ def test_a_socket_served_by_another_daemon_is_not_stolen(served: ServeProcess, g
 @pytest.fixture
 def loop_device(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     image = tmp_path / "blk.img"
-    with open(image, "wb") as f:
-        f.truncate(8 << 20)
-    proc = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"no loop device here: {proc.stderr.strip()}")
-    dev = proc.stdout.strip()
-    try:
+    with attached_loop(image, 8 << 20) as dev:
         yield dev, image
-    finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
 
 
 def test_grown_block_device_is_announced_to_the_guest(tmp_path: Path, loop_device) -> None:

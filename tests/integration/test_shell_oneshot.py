@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.loop import loop_device as attached_loop
 
 DATA = Path(__file__).parents[1] / "unit" / "config" / "data" / "targetcli_vhost.json"
 WIDTH = 132  # configshell's width when stdout is not a terminal
@@ -48,19 +49,8 @@ def tree(text: str) -> list[str]:
 @pytest.fixture
 def loop_device(tmp_path: Path) -> Iterator[str]:
     """A 64 MiB loop device over a file, or a skip saying why the machine does not allow one."""
-    if shutil.which("losetup") is None:
-        pytest.skip("losetup is not installed")
-    image = tmp_path / "loop.img"
-    with open(image, "wb") as f:
-        f.truncate(64 << 20)
-    proc = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot attach a loop device here: {proc.stderr.strip()}")
-    dev = proc.stdout.strip()
-    try:
+    with attached_loop(tmp_path / "loop.img", 64 << 20) as dev:
         yield dev
-    finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
 
 
 def setup_session(cfg: Path, disk0: Path, loop: str | None) -> str:

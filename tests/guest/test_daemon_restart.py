@@ -1,23 +1,21 @@
 """Restarting `vhostscsi serve` under a running guest: SIGTERM (drain, exit 0) and SIGKILL (a crash).
 
 Needs a QEMU whose vhost-user-scsi reconnects to a restarted back end (`-chardev socket,...,reconnect-ms=`,
-QEMU 8.2 and later; Debian 12's 7.2 cannot): set VHOSTSCSI_QEMU to its binary (for example Debian's
-bookworm-backports qemu-system-x86 10.0), or unpack one into /opt/qemu10 (tests/restart/install_qemu10.sh), or
-have one first on PATH. The guest writes, reads back and compares
+QEMU 8.2 and later; Debian 12's 7.2 cannot), found as tests/restart/qemu10.py finds it: set VHOSTSCSI_QEMU10 (or
+VHOSTSCSI_QEMU) to its binary (for example Debian's bookworm-backports qemu-system-x86 10.0), or unpack one into
+/opt/qemu10 (tests/restart/install_qemu10.sh), or have one first on PATH. The guest writes, reads back and compares
 a fresh random block every 0.3 s while the daemon is stopped and started twice; every round must pass, with
 no error and no hang.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
+from restart.qemu10 import find_reconnecting_qemu
 from support.config import one_disk_config
 from support.daemon import ServeProcess
 from support.guest import build_image, firmware_args
@@ -40,27 +38,10 @@ done
 """
 
 
-OPT_QEMU = "/opt/qemu10/bin/qemu-system-x86_64"
-
-
-def reconnecting_qemu() -> tuple[str, list[str], str]:
-    """(binary, extra -L args, -chardev reconnect option) of a QEMU that can reconnect vhost-user-scsi, or skip
-    saying how to get one."""
-    qemu = (os.environ.get("VHOSTSCSI_QEMU") or (OPT_QEMU if os.access(OPT_QEMU, os.X_OK) else None)
-            or shutil.which("qemu-system-x86_64"))
-    if not qemu:
-        pytest.skip("no qemu-system-x86_64")
-    out = subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout
-    m = re.search(r"version (\d+)\.(\d+)", out)
-    version = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-    if version < (8, 2):
-        pytest.skip(f"{qemu} is {out.splitlines()[0] if out else '?'}: vhost-user-scsi reconnect needs QEMU 8.2+ "
-                    "(set VHOSTSCSI_QEMU, e.g. to bookworm-backports' qemu-system-x86_64)")
-    return qemu, firmware_args(qemu), "reconnect-ms=200" if version >= (9, 2) else "reconnect=1"
-
-
 def test_guest_io_survives_daemon_restart_and_crash(tmp_path: Path) -> None:
-    qemu, extra, reconnect = reconnecting_qemu()
+    qemu = find_reconnecting_qemu()
+    if isinstance(qemu, str):
+        pytest.skip(qemu)
     img = build_image(extra_binaries=[GNU_DD], modules=VIRTIO_SCSI_MODULES, init_script=SCRIPT)
     config = one_disk_config(tmp_path / "saveconfig.json", tmp_path / "disk0.img", 64 << 20, wwn=WWN)
     sock = tmp_path / "run" / f"{WWN}.sock"
@@ -73,12 +54,12 @@ def test_guest_io_survives_daemon_restart_and_crash(tmp_path: Path) -> None:
         return proc
 
     daemon = serve()
-    args = extra + shared_memory_args(512) + [
-        "-chardev", f"socket,id=vus0,path={sock},{reconnect}",
+    args = firmware_args(qemu.binary) + shared_memory_args(512) + [
+        "-chardev", qemu.chardev("vus0", sock, 200),
         "-device", "vhost-user-scsi-pci,chardev=vus0",
     ]
     try:
-        with start_guest(img, args, workdir=tmp_path / "guest", qemu=qemu) as g:
+        with start_guest(img, args, workdir=tmp_path / "guest", qemu=qemu.binary) as g:
             g.wait_for("ROUND 3 ok", timeout=180)
             assert daemon.stop(signal.SIGTERM, timeout=30) == 0
             daemon = serve()

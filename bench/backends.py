@@ -36,10 +36,11 @@ def make_backing_file(path: Path, size: int) -> None:
 class Process:
     """A child process we started, with its log; `stop()` is idempotent and kills by pid only."""
 
-    def __init__(self, argv: list[str], log: Path) -> None:
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log
         with open(log, "wb") as f:
-            self.proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                                         env=None if env is None else {**os.environ, **env})
         self.pid = self.proc.pid
 
     def poll(self) -> int | None:
@@ -67,21 +68,27 @@ class Process:
 
 
 class OurDaemon(Process):
-    """`vhostscsi serve` with one vhost target: LUN 0 a ramdisk, LUN 1 fileio on `image`."""
+    """`vhostscsi serve` with one vhost target: LUN 0 a ramdisk, LUN 1 fileio on `image`.
 
-    def __init__(self, workdir: Path, image: Path, size: int, sockdir: Path) -> None:
+    ``poll_us``: the daemon's ring polling window (VHOSTSCSI_POLL_US; None: the daemon's default), so that
+    daemons with different windows run side by side (each with its own config, socket directory and log)."""
+
+    def __init__(self, workdir: Path, image: Path, size: int, sockdir: Path, poll_us: float | None = None) -> None:
+        self.poll_us = poll_us
+        tag = "" if poll_us is None else f"-p{poll_us:g}"
         cfg = Config()
         rd = cfg.add_storage_object(new_storage_object("ramdisk", "rd0", size=size))
         fi = cfg.add_storage_object(new_storage_object("fileio", "disk0", dev=str(image), size=size))
         target = cfg.add_target(new_vhost_target(WWN))
         target.tpgs[0].add_lun(rd, RAMDISK_LUN)
         target.tpgs[0].add_lun(fi, FILEIO_LUN)
-        config = workdir / "saveconfig.json"
+        config = workdir / f"saveconfig{tag}.json"
         save_config(cfg, config)
-        self.sockdir = sockdir / "run"  # short: a unix socket path holds 108 bytes
+        self.sockdir = sockdir / f"run{tag}"  # short: a unix socket path holds 108 bytes
         self.socket = self.sockdir / f"{WWN}.sock"
         super().__init__([sys.executable, "-m", "vhostscsi", "serve", "--config", str(config),
-                          "--socket-dir", str(self.sockdir)], workdir / "serve.log")
+                          "--socket-dir", str(self.sockdir)], workdir / f"serve{tag}.log",
+                         env=None if poll_us is None else {"VHOSTSCSI_POLL_US": f"{poll_us:g}"})
         try:
             wait_for_socket(self.socket, self.proc)
         except RuntimeError as e:

@@ -50,6 +50,12 @@ BARS = {
 }
 
 
+def _default_poll_us() -> str:
+    from vhostscsi.engines.user.rings import POLL_WINDOW_US
+
+    return f"{POLL_WINDOW_US:g}"
+
+
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -58,7 +64,12 @@ def say(*a: object) -> None:
     print(*a, flush=True)
 
 
-def host_matrix(args: argparse.Namespace, work: Path, image: Path, daemon: b.OurDaemon,
+def ours_name(daemon: b.OurDaemon) -> str:
+    """"ours" for the daemon with its default polling window, "ours/p<us>" for a --poll-us comparison one."""
+    return "ours" if daemon.poll_us is None else f"ours/p{daemon.poll_us:g}"
+
+
+def host_matrix(args: argparse.Namespace, work: Path, image: Path, daemons: list[b.OurDaemon],
                 qsd: b.StorageDaemon | None) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     cases = QUICK_CASES if args.quick else CASES
@@ -69,9 +80,11 @@ def host_matrix(args: argparse.Namespace, work: Path, image: Path, daemon: b.Our
             case = Case(base.rw, base.bs, base.depth, queues)
             common = {"case": case.label(), "rw": case.rw, "bs": case.bs, "depth": case.depth, "queues": queues}
             runs: list[tuple[str, dict[str, object]]] = []
-            for name, lun in (("ours ramdisk", b.RAMDISK_LUN), ("ours fileio", b.FILEIO_LUN)):
-                r = d.run(daemon.socket, case, lun=lun, span=args.size, seconds=args.seconds, backend_pid=daemon.pid)
-                runs.append((name, r.summary()))
+            for name, lun in (("ramdisk", b.RAMDISK_LUN), ("fileio", b.FILEIO_LUN)):
+                for daemon in daemons:
+                    r = d.run(daemon.socket, case, lun=lun, span=args.size, seconds=args.seconds,
+                              backend_pid=daemon.pid)
+                    runs.append((f"{ours_name(daemon)} {name}", r.summary()))
             if qsd is not None:
                 r = d.run(qsd.socket, case, device="blk", span=args.size, seconds=args.seconds, backend_pid=qsd.pid)
                 runs.append(("qsd fileio", r.summary()))
@@ -91,7 +104,7 @@ def host_matrix(args: argparse.Namespace, work: Path, image: Path, daemon: b.Our
     return rows
 
 
-HEADER = (f"{'case':<18} {'q':>1} {'backend':<13} {'IOPS':>9} {'MB/s':>8} {'p50us':>7} {'p99us':>7} "
+HEADER = (f"{'case':<18} {'q':>1} {'backend':<16} {'IOPS':>9} {'MB/s':>8} {'p50us':>7} {'p99us':>7} "
           f"{'bkCPU%':>6} {'sys%':>4} {'IO/bkCPUs':>9} {'IO/call':>7} {'drvCPUs':>7} {'err':>3}")
 
 
@@ -100,7 +113,7 @@ def format_row(r: dict[str, object]) -> str:
         v = r.get(key)
         return format(v, fmt) if isinstance(v, (int, float)) and v else "-"
 
-    return (f"{r['case']:<18} {r['queues']:>1} {r['backend']:<13} {num('iops', ',.0f'):>9} {num('mb_s', ',.0f'):>8} "
+    return (f"{r['case']:<18} {r['queues']:>1} {r['backend']:<16} {num('iops', ',.0f'):>9} {num('mb_s', ',.0f'):>8} "
             f"{num('lat_p50_us', '.0f'):>7} {num('lat_p99_us', '.0f'):>7} {num('backend_cpu_pct', '.0f'):>6} {num('backend_sys_pct', '.0f'):>4} "
             f"{num('ios_per_backend_cpu_s', ',.0f'):>9} {num('ios_per_call', '.1f'):>7} {num('driver_cpu_s', '.2f'):>7} {r.get('errors', '-')!s:>3}")
 
@@ -166,23 +179,26 @@ def ceilings(args: argparse.Namespace) -> list[dict[str, object]]:
     return out
 
 
-def guest_part(args: argparse.Namespace, work: Path, image: Path, daemon: b.OurDaemon) -> dict[str, object]:
+def guest_part(args: argparse.Namespace, work: Path, image: Path, daemons: list[b.OurDaemon]) -> dict[str, object]:
     """fio in one TCG guest, QEMU's built-in virtio-scsi and ours alternated A B B A ... (`--guest-rounds` boots
-    each), so a load change on the shared machine during the part hits both sides alike."""
+    each), so a load change on the shared machine during the part hits both sides alike. With --poll-us, the
+    comparison daemons are further sides ("ours/p0", ...) in the same alternation."""
     import guest as g
 
     img = g.image()
-    runs: dict[str, list[dict[str, dict[str, float]]]] = {"qemu_builtin": [], "ours": []}
+    by_side = {ours_name(dm).replace("ours/", "ours_"): dm for dm in daemons}
+    sides = ["qemu_builtin", *by_side]
+    runs: dict[str, list[dict[str, dict[str, float]]]] = {side: [] for side in sides}
     for r in range(args.guest_rounds):
-        for side in (("qemu_builtin", "ours") if r % 2 == 0 else ("ours", "qemu_builtin")):
-            if side == "ours":
-                fig = g.run_ours(img, b.WWN, daemon.socket, b.FILEIO_LUN, args.guest_seconds, work)
+        for side in (sides if r % 2 == 0 else sides[::-1]):
+            if side in by_side:
+                fig = g.run_ours(img, b.WWN, by_side[side].socket, b.FILEIO_LUN, args.guest_seconds, work)
             else:
                 fig = g.run_builtin(img, image, args.guest_seconds, work)
             runs[side].append(fig)
             say(f"guest fio round {r + 1}, {side}: " + ", ".join(f"{k} {v['iops']:,.0f} IOPS" for k, v in fig.items())
                 + f"   (load {load()})")
-    jobs = [k for k in runs["ours"][0] if all(k in f for f in runs["ours"] + runs["qemu_builtin"])]
+    jobs = [k for k in runs["ours"][0] if all(k in f for side in sides for f in runs[side])]
 
     def mean(side: str, job: str) -> dict[str, float]:
         figs = [f[job] for f in runs[side]]
@@ -193,8 +209,13 @@ def guest_part(args: argparse.Namespace, work: Path, image: Path, daemon: b.OurD
     ratio = {j: round(ours[j]["iops"] / builtin[j]["iops"], 3) for j in jobs if builtin[j]["iops"]}
     spread = {j: [round(o[j]["iops"] / q[j]["iops"], 3) for o, q in zip(runs["ours"], runs["qemu_builtin"])]
               for j in jobs}
-    return {"qemu_builtin": builtin, "ours": ours, "ratio": ratio, "ratio_per_round": spread,
-            "rounds": args.guest_rounds, "seconds_per_job": args.guest_seconds, "raw": runs}
+    out = {"qemu_builtin": builtin, "ours": ours, "ratio": ratio, "ratio_per_round": spread,
+           "rounds": args.guest_rounds, "seconds_per_job": args.guest_seconds, "raw": runs}
+    for side in sides[2:]:  # --poll-us comparison daemons: not a bar, shown beside
+        other = {j: mean(side, j) for j in jobs}
+        out[side] = other
+        out[f"ratio_{side}"] = {j: round(other[j]["iops"] / builtin[j]["iops"], 3) for j in jobs if builtin[j]["iops"]}
+    return out
 
 
 def profile(args: argparse.Namespace, daemon: b.OurDaemon, work: Path) -> dict[str, object]:
@@ -281,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guest-seconds", type=int, default=8, help="seconds per in-guest fio job")
     ap.add_argument("--guest-rounds", type=int, default=2, help="boots per side, alternated A B B A")
     ap.add_argument("--no-qsd", action="store_true", help="skip qemu-storage-daemon")
+    ap.add_argument("--poll-us", type=float, nargs="*", default=[], metavar="US",
+                    help="also run a daemon with this ring polling window (VHOSTSCSI_POLL_US; 0 = no polling) "
+                         "beside the default one: rows 'ours/p<US> ...', guest side 'ours_p<US>'")
     ap.add_argument("--profile", type=float, default=0, metavar="S", help="py-spy the daemon for S seconds")
     ap.add_argument("--profile-top", type=int, default=25)
     ap.add_argument("--json", default="vhostscsi-bench.json", help="where to write the results")
@@ -298,23 +322,29 @@ def main(argv: list[str] | None = None) -> int:
         "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
         "quick": args.quick, "seconds_per_case": args.seconds, "disk_bytes": args.size, "workdir": str(work),
         "load_start": load(), "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+        "poll_us_default": os.environ.get("VHOSTSCSI_POLL_US") or _default_poll_us(), "poll_us_compared": args.poll_us,
     }
     say(f"vhostscsi bench {meta['date']} on {meta['host']}: {meta['cpus']} CPUs, load {meta['load_start']}, "
         f"{args.seconds:g} s per case, disks {args.size // _MB} MiB in {work}")
     result: dict[str, object] = {"meta": meta}
     daemon = qsd = None
+    daemons: list[b.OurDaemon] = []
     rc = 0
     try:
         image = work / "disk0.img"
         b.make_backing_file(image, args.size)
         daemon = b.OurDaemon(work, image, args.size, sockdir)
+        daemons.append(daemon)
+        for us in args.poll_us:
+            daemons.append(b.OurDaemon(work, image, args.size, sockdir, poll_us=us))
         if not args.no_qsd and b.qsd_binary():
             qsd = b.StorageDaemon(work, image, max(args.queues), sockdir)
         # fill the ramdisk so reads copy real data, not the zero page
-        d.run(daemon.socket, Case("write", _MB, 8), lun=b.RAMDISK_LUN, span=args.size,
-              seconds=min(args.seconds, 1.0), backend_pid=None)
+        for dm in daemons:
+            d.run(dm.socket, Case("write", _MB, 8), lun=b.RAMDISK_LUN, span=args.size,
+                  seconds=min(args.seconds, 1.0), backend_pid=None)
         say(HEADER)
-        rows = host_matrix(args, work, image, daemon, qsd)
+        rows = host_matrix(args, work, image, daemons, qsd)
         result["host"] = rows
         say("\nceilings below the event loop (this process, CPU time):")
         result["ceilings"] = ceilings(args)
@@ -323,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             qsd.stop()  # it holds QEMU's image lock: the built-in virtio-scsi guest needs the same file
         if run_guest:
             try:
-                guest = guest_part(args, work, image, daemon)
+                guest = guest_part(args, work, image, daemons)
             except Exception as e:  # noqa: BLE001 - a guest that cannot boot must not lose the host figures
                 guest = {"error": f"{type(e).__name__}: {e}"[:2000]}
                 say(f"guest part failed: {guest['error']}")
@@ -333,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             result["profile"] = profile(args, daemon, work)
     finally:
-        for p in (qsd, daemon):
+        for p in (qsd, *daemons):
             if p is not None:
                 p.stop()
         meta["load_end"] = load()
@@ -359,6 +389,10 @@ def print_summary(result: dict[str, object]) -> None:
         for k, ratio in guest["ratio"].items():
             per = " ".join(f"{x:.2f}" for x in guest.get("ratio_per_round", {}).get(k, []))
             say(f"{k:<20} {guest['qemu_builtin'][k]['iops']:>22,.0f} {guest['ours'][k]['iops']:>15,.0f} {ratio:>6.2f}  {per}")
+        for key in [k for k in guest if k.startswith("ratio_ours_")]:
+            side = key[len("ratio_"):]
+            say(f"  {side} (not a bar): " + ", ".join(
+                f"{k} {guest[side][k]['iops']:,.0f} IOPS = {r:.2f}" for k, r in guest[key].items()))
     say("\nbars (host side, one daemon process):")
     for bar in result.get("bars", []):  # type: ignore[union-attr]
         v = bar["value"]

@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 
 from vhostscsi.engines.user.listener import Peer
 from vhostscsi.engines.user.loop import PRIO_CONTROL, PRIO_DATA, EventLoop, Timer, drain_eventfd
-from vhostscsi.engines.user.rings import RingIO
+from vhostscsi.engines.user.rings import POLL_WINDOW, RingIO, RingPoller
 from vhostscsi.vhost_user import codec
 from vhostscsi.vhost_user.codec import Decoder, Message, ProtocolError
 from vhostscsi.vhost_user.protocol import MAX_FDS
@@ -80,6 +80,7 @@ class Connection:
         on_closed: Callable[["Connection"], None],
         *,
         allow_unsealed_memory: bool = False,
+        poll_window: float = POLL_WINDOW,
     ) -> None:
         self.loop = loop
         self.sock = sock
@@ -90,6 +91,9 @@ class Connection:
                                allow_unsealed_memory=allow_unsealed_memory)
         self.device = VirtioScsi(ports, nexus)
         self.rings = [RingIO(i, label) for i in range(self.session.num_queues)]
+        # Request rings are polled for `poll_window` seconds after a kick-driven batch (rings.RingPoller).
+        self.poll_window = poll_window
+        self._pollers: dict[int, RingPoller] = {}
         self.decoder = Decoder()
         self.closed = False
         self._reported_state = 0  # request queues running, as last logged
@@ -254,10 +258,24 @@ class Connection:
             return
         if ring.started:
             try:
-                ring.serve(self.device)
+                n = ring.serve(self.device)
             except Exception:
-                log.exception("%s: internal error serving ring %d; dropping the connection", self.label, ring.index)
-                self.close("dropped after an internal error")
+                self._serve_failed(ring)
+                return
+            if n and self.poll_window > 0 and ring.index >= FIRST_REQUEST_QUEUE:
+                self._poll(ring)
+
+    def _poll(self, ring: RingIO) -> None:
+        poller = self._pollers.get(ring.index)
+        if poller is None:
+            poller = self._pollers[ring.index] = RingPoller(ring, self.device, self.poll_window,
+                                                            self._serve_failed)
+        if poller.start():
+            self.loop.add_poller(poller)
+
+    def _serve_failed(self, ring: RingIO) -> None:
+        log.exception("%s: internal error serving ring %d; dropping the connection", self.label, ring.index)
+        self.close("dropped after an internal error")
 
     def drain(self) -> int:
         """Serve whatever the guest has queued on every running ring (shutdown: nothing left behind)."""
@@ -285,6 +303,9 @@ class Connection:
         if self._state_timer is not None:
             self._state_timer.cancel()
         self.loop.remove_reader(self.sock.fileno())
+        for poller in self._pollers.values():
+            self.loop.remove_poller(poller)
+            poller.active = False
         self._apply(self.session.close())  # stops rings, unmaps guest memory
         for ring in self.rings:
             if ring.kick is not None:

@@ -9,10 +9,54 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from typing import Callable
 
 from vhostscsi.virtio.scsi import VirtioScsi
+from vhostscsi.virtio.virtqueue import SplitVirtqueue
 
 log = logging.getLogger("vhostscsi.serve")
+
+# Adaptive polling (what kernel vhost's busy-poll and SPDK do): after a kick-driven batch the ring stays
+# polled, kicks suppressed, for up to POLL_WINDOW_US microseconds after the last request that arrived; a
+# request arriving meanwhile is served without the guest's kick (an MMIO exit) and without our epoll_wait and
+# eventfd read. When the window passes with the ring empty, kicks are re-armed and the ring re-checked after
+# a full fence (no lost wake-up), and the daemon sleeps again: an idle guest costs no CPU.
+# 0 turns polling off. The environment variable VHOSTSCSI_POLL_US overrides it (read once, at import).
+# Chosen by measurement (bench/README.md, "Adaptive polling").
+POLL_WINDOW_US = 50
+POLL_ENV = "VHOSTSCSI_POLL_US"
+
+
+def poll_window_from_env(default_us: float = POLL_WINDOW_US) -> float:
+    """The polling window in seconds: $VHOSTSCSI_POLL_US (microseconds, >= 0) or ``default_us``."""
+    raw = os.environ.get(POLL_ENV, "").strip()
+    try:
+        us = float(raw) if raw else default_us
+    except ValueError:
+        log.warning("%s=%r is not a number of microseconds; using %g", POLL_ENV, raw, default_us)
+        us = default_us
+    return max(0.0, min(us, 10_000.0)) / 1e6
+
+
+POLL_WINDOW = poll_window_from_env()
+
+_HAS_AVAIL_EVENT = "_used" in getattr(SplitVirtqueue, "__slots__", ())
+
+
+def suppress_kicks(vq: SplitVirtqueue) -> None:
+    """Ask the driver not to kick while we poll the ring anyway.
+
+    Without EVENT_IDX ``disable_notifications()`` sets VRING_USED_F_NO_NOTIFY and that is all. With EVENT_IDX
+    it only stops pop() from moving avail_event, but `VirtioScsi.process()` ends by re-arming (avail_event =
+    last_avail_idx), so the driver's next buffer would kick anyway. Putting avail_event one behind
+    last_avail_idx means the driver crosses it only after 65,535 more buffers: no kick while we poll.
+    `enable_notifications()` (which the poller always calls before sleeping) moves it back, with the fence.
+    """
+    vq.disable_notifications()
+    if vq.event_idx and _HAS_AVAIL_EVENT:
+        # TODO(virtio owner): do this in SplitVirtqueue.disable_notifications itself and drop this line.
+        vq._used[2 + 4 * vq.size] = (vq.last_avail_idx - 1) & 0xFFFF  # avail_event
 
 
 def _close(fd: int | None) -> None:
@@ -98,3 +142,67 @@ class RingIO:
         self.kick = None
         self.set_call(None)
         self.set_err(None)
+
+
+class RingPoller:
+    """Keeps one request ring polled for a short window after it was served (see POLL_WINDOW_US).
+
+    Registered with the loop (`EventLoop.add_poller`) by ``start()``; ``poll()`` is called once per loop
+    iteration, round-robin with the other active pollers and after every fd callback of that iteration, so a
+    polled ring starves neither other rings nor control messages. It leaves the loop (returns False) when the
+    ring stops, is disabled, or stays empty for the whole window, always re-arming kicks first.
+    """
+
+    __slots__ = ("ring", "device", "window", "until", "active", "on_error", "_clock")
+
+    def __init__(self, ring: RingIO, device: VirtioScsi, window: float,
+                 on_error: Callable[[RingIO], None], clock: Callable[[], float] = time.monotonic) -> None:
+        self.ring = ring
+        self.device = device
+        self.window = window
+        self.until = 0.0
+        self.active = False
+        self.on_error = on_error
+        self._clock = clock
+
+    def start(self) -> bool:
+        """The ring was just served: suppress kicks and poll until the window passes with nothing new.
+        Returns True if the poller must be added to the loop (it was not active)."""
+        vq = self.device.queues[self.ring.index]
+        if vq is None or vq.broken:
+            return False
+        suppress_kicks(vq)
+        self.until = self._clock() + self.window
+        if self.active:
+            return False
+        self.active = True
+        return True
+
+    def poll(self) -> bool:
+        ring = self.ring
+        vq = self.device.queues[ring.index]
+        if vq is None or not ring.started or not ring.enabled:
+            # Stopped (GET_VRING_BASE, disconnect) or disabled: whoever starts it again serves it, and a new
+            # SplitVirtqueue (or process() on re-enable) re-arms kicks. Guest memory may be gone: touch nothing.
+            self.active = False
+            return False
+        if not vq.has_avail():
+            if self._clock() < self.until:
+                return True
+            # Idle for the whole window: re-arm kicks, then re-check (enable_notifications fences between the
+            # store and the load, so a buffer added meanwhile is either seen here or kicks us).
+            if not vq.enable_notifications():
+                self.active = False
+                return False
+        try:
+            ring.serve(self.device)
+        except Exception:
+            self.active = False
+            self.on_error(ring)
+            return False
+        if vq.broken:
+            self.active = False
+            return False
+        suppress_kicks(vq)
+        self.until = self._clock() + self.window
+        return True

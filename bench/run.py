@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guest-seconds", type=int, default=8, help="seconds per in-guest fio job")
     ap.add_argument("--guest-rounds", type=int, default=2, help="boots per side, alternated A B B A")
     ap.add_argument("--no-qsd", action="store_true", help="skip qemu-storage-daemon")
+    ap.add_argument("--no-host", action="store_true", help="skip the host-side matrix and ceilings (guest only)")
     ap.add_argument("--poll-us", type=float, nargs="*", default=[], metavar="US",
                     help="also run a daemon with this ring polling window (VHOSTSCSI_POLL_US; 0 = no polling) "
                          "beside the default one: rows 'ours/p<US> ...', guest side 'ours_p<US>'")
@@ -343,11 +344,13 @@ def main(argv: list[str] | None = None) -> int:
         for dm in daemons:
             d.run(dm.socket, Case("write", _MB, 8), lun=b.RAMDISK_LUN, span=args.size,
                   seconds=min(args.seconds, 1.0), backend_pid=None)
-        say(HEADER)
-        rows = host_matrix(args, work, image, daemons, qsd)
-        result["host"] = rows
-        say("\nceilings below the event loop (this process, CPU time):")
-        result["ceilings"] = ceilings(args)
+        rows: list[dict[str, object]] = []
+        if not args.no_host:
+            say(HEADER)
+            rows = host_matrix(args, work, image, daemons, qsd)
+            result["host"] = rows
+            say("\nceilings below the event loop (this process, CPU time):")
+            result["ceilings"] = ceilings(args)
         guest = None
         if qsd is not None:
             qsd.stop()  # it holds QEMU's image lock: the built-in virtio-scsi guest needs the same file

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vhostscsi.engines.user.loop import EventLoop
-from vhostscsi.engines.user.rings import RingIO, RingPoller, poll_window_from_env, suppress_kicks
+from vhostscsi.engines.user.rings import POLL_GROW_START, RingIO, RingPoller, poll_window_from_env, suppress_kicks
 from vhostscsi.hostdriver.guestram import GuestRam
 from vhostscsi.hostdriver.initiator import build_request
 from vhostscsi.hostdriver.vring import DriverRing
@@ -122,6 +122,48 @@ def test_work_extends_the_window(rig):
     assert rig.poller.poll() is True
     rig.clock.now += 0.2 * WINDOW
     assert rig.poller.poll() is False
+
+
+def sleep_then_kick(rig: Rig, slept: float) -> bool:
+    """Let the window pass, sleep `slept` seconds, then a request kicks us awake; returns start()'s answer."""
+    rig.clock.now += 2 * rig.poller.window
+    while rig.poller.active:
+        rig.poller.poll()
+    rig.clock.now += slept
+    rig.post()
+    assert rig.ring.serve(rig.device) > 0
+    return rig.poller.start()
+
+
+def test_the_window_shrinks_to_zero_when_requests_come_slower_than_it(rig):
+    rig.post()
+    kick_and_serve(rig)
+    windows = []
+    for _ in range(6):
+        sleep_then_kick(rig, 10 * WINDOW)  # a QD1 guest under TCG: polling cannot catch its next request
+        windows.append(rig.poller.window)
+    assert windows[0] == WINDOW / 2 and windows[-1] == 0
+    assert not rig.poller.active
+    kicks = rig.kicks
+    rig.post()
+    assert rig.kicks == kicks + 1  # not polling: kicks are armed
+    rig.ring.serve(rig.device)
+    rig.reap()
+    assert rig.completed == rig.posted
+
+
+def test_the_window_grows_back_when_a_longer_one_would_have_caught_the_request(rig):
+    rig.post()
+    kick_and_serve(rig)
+    for _ in range(6):
+        sleep_then_kick(rig, 10 * WINDOW)
+    assert rig.poller.window == 0
+    windows = []
+    for _ in range(4):
+        sleep_then_kick(rig, WINDOW / 2)
+        windows.append(rig.poller.window)
+    assert windows[0] == POLL_GROW_START and windows[-1] == WINDOW
+    assert rig.poller.active
 
 
 class RacingQueue(SplitVirtqueue):

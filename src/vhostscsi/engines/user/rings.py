@@ -144,6 +144,9 @@ class RingIO:
         self.set_err(None)
 
 
+POLL_GROW_START = 10e-6  # the window a shrunk-to-zero poller grows back to first (KVM halt-polling's idea)
+
+
 class RingPoller:
     """Keeps one request ring polled for a short window after it was served (see POLL_WINDOW_US).
 
@@ -151,28 +154,49 @@ class RingPoller:
     iteration, round-robin with the other active pollers and after every fd callback of that iteration, so a
     polled ring starves neither other rings nor control messages. It leaves the loop (returns False) when the
     ring stops, is disabled, or stays empty for the whole window, always re-arming kicks first.
+
+    The window adapts as KVM's halt-polling does: ``max_window`` is the bound; after the ring slept (polling
+    ended, or was off), the next kick tells how long the sleep lasted. Shorter than ``max_window``: a longer
+    window would have caught that request, so the window doubles (from POLL_GROW_START). Longer: polling could
+    not have caught it and only burns a core the guest may need (a QD1 guest under TCG turns a request round in
+    hundreds of microseconds), so the window halves, to zero below POLL_GROW_START. Requests caught while
+    polling leave it as it is.
     """
 
-    __slots__ = ("ring", "device", "window", "until", "active", "on_error", "_clock")
+    __slots__ = ("ring", "device", "max_window", "window", "until", "active", "slept_at", "on_error", "_clock")
 
     def __init__(self, ring: RingIO, device: VirtioScsi, window: float,
                  on_error: Callable[[RingIO], None], clock: Callable[[], float] = time.monotonic) -> None:
         self.ring = ring
         self.device = device
+        self.max_window = window
         self.window = window
         self.until = 0.0
         self.active = False
+        self.slept_at: float | None = None  # when the ring last went back to sleeping on its kick fd
         self.on_error = on_error
         self._clock = clock
 
     def start(self) -> bool:
-        """The ring was just served: suppress kicks and poll until the window passes with nothing new.
-        Returns True if the poller must be added to the loop (it was not active)."""
+        """The ring was just served after a kick: adapt the window, then (if it is not zero) suppress kicks and
+        poll until it passes with nothing new. Returns True if the poller must be added to the loop."""
+        now = self._clock()
+        if self.slept_at is not None:
+            slept = now - self.slept_at
+            self.slept_at = None
+            if slept <= self.max_window:
+                self.window = min(self.max_window, max(2 * self.window, POLL_GROW_START))
+            else:
+                half = self.window / 2
+                self.window = half if half >= POLL_GROW_START else 0.0
+        if self.window <= 0:
+            self.slept_at = now  # sleeping on the kick fd from now
+            return False
         vq = self.device.queues[self.ring.index]
         if vq is None or vq.broken:
             return False
         suppress_kicks(vq)
-        self.until = self._clock() + self.window
+        self.until = now + self.window
         if self.active:
             return False
         self.active = True
@@ -193,6 +217,7 @@ class RingPoller:
             # store and the load, so a buffer added meanwhile is either seen here or kicks us).
             if not vq.enable_notifications():
                 self.active = False
+                self.slept_at = self._clock()
                 return False
         try:
             ring.serve(self.device)

@@ -46,9 +46,27 @@ class RamdiskBackstore(Backstore):
         return self._mem[offset : offset + length]
 
     def readv(self, offset: int, bufs: Sequence[memoryview]) -> None:
+        if len(bufs) == 1 and not self.closed:  # one buffer (a 4 KiB read): one copy, no list, no generator
+            b = bufs[0]
+            end = offset + b.nbytes
+            if 0 <= offset and end <= self.size:
+                try:
+                    b[:] = self._mem[offset:end]
+                    return
+                except (TypeError, ValueError):
+                    pass  # not a flat byte view (nothing was copied): the general path casts it
         copy_out(self._span(offset, total_len(bufs)), bufs)
 
     def writev(self, offset: int, bufs: Sequence[memoryview], fua: bool = False) -> None:
+        if len(bufs) == 1 and not self.closed and not self.readonly:  # one buffer: as readv
+            b = bufs[0]
+            end = offset + b.nbytes
+            if 0 <= offset and end <= self.size:
+                try:
+                    self._mem[offset:end] = b
+                    return
+                except (TypeError, ValueError):
+                    pass
         self._check_writable("write")
         copy_in(self._span(offset, total_len(bufs)), bufs)
 

@@ -27,9 +27,9 @@ __all__ = ["HANDLERS", "backstore_failure"]
 _U16 = struct.Struct(">H").unpack_from
 _U32 = struct.Struct(">I").unpack_from
 _U64 = struct.Struct(">Q").unpack_from
-_RW10 = struct.Struct(">xxIxH").unpack_from  # lba, transfer length
+_RW10 = RW10 = struct.Struct(">xxIxH").unpack_from  # lba, transfer length (RW10/RW16: port's fast path)
 _RW12 = struct.Struct(">xxII").unpack_from
-_RW16 = struct.Struct(">xxQI").unpack_from
+_RW16 = RW16 = struct.Struct(">xxQI").unpack_from
 _WS_CHUNK = 1 << 20  # bytes of repeated pattern written per writev by WRITE SAME
 
 Bufs = Sequence[memoryview]

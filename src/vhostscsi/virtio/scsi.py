@@ -71,12 +71,17 @@ CAPACITY_CHANGED_REASON = 0x2A | (0x09 << 8)  # asc 0x2a ascq 0x09: CAPACITY DAT
 
 _RESP_HDR = struct.Struct("<IIHBB")
 _pack_resp = _RESP_HDR.pack_into
+# The request header in one call: lun[0], lun[1] (target), lun[2], lun[3], the 32-byte CDB (a private copy).
+# Tag, task attribute, priority and CRN are not used (vhost-scsi ignores them too).
+_REQ_HDR = struct.Struct("<BBBB15x32s")
+_unpack_req = _REQ_HDR.unpack_from
 _TMF_REQ = struct.Struct("<II8sQ")
 _AN_REQ = struct.Struct("<I8sI")
 _AN_RESP = struct.Struct("<IB")
 _EVENT = struct.Struct("<I8sI")
 
 _ZERO_SENSE = bytes(SENSE_SIZE)
+_NO_BUFFERS: tuple[memoryview, ...] = ()  # the data-out of a read (shared: nothing appends to it)
 
 MAX_PENDING_EVENTS = 64
 DEFAULT_NEXUS = "vhost-user"
@@ -129,6 +134,25 @@ def _scatter(views: Sequence[memoryview], data: bytes | bytearray) -> int:
     return done
 
 
+_FAST_BY_TYPE: dict[type, Any] = {}
+_UNKNOWN = object()
+
+
+def _fast_path_of(cls: type) -> Any:
+    """The port class's `execute_fast` (the SCSI core's READ/WRITE fast path), or None.
+
+    Looked up on the class, and only taken where it belongs with the class's own `execute`: a wrapper that
+    intercepts `execute` (tests freeze or fail commands that way, delegating the rest through __getattr__), or
+    a subclass that overrides it, must see every command, so it gets none."""
+    fast = getattr(cls, "execute_fast", None)
+    if fast is not None:
+        owner = next(k for k in cls.__mro__ if "execute_fast" in vars(k))
+        if getattr(cls, "execute", None) is not vars(owner).get("execute"):
+            fast = None
+    _FAST_BY_TYPE[cls] = fast
+    return fast
+
+
 class VirtioScsi:
     """One virtio-scsi device: the queues of a vhost-user connection and the TPGs they reach."""
 
@@ -160,8 +184,19 @@ class VirtioScsi:
             return 0
         if index == EVENT_QUEUE:
             return self._deliver_events(vq)
-        handle = self._handle_ctrl if index == CONTROL_QUEUE else self._handle_cmd
         done = 0
+        if index != CONTROL_QUEUE:
+            # Request queues: chains as tuples, completions published with one used.idx store per batch.
+            command = self._command
+            while True:
+                vq.disable_notifications()
+                batch = vq.pop_batch()
+                if batch:
+                    vq.push_many([(head, command(out, ins, error)) for head, out, ins, error in batch])
+                    done += len(batch)
+                if vq.broken or not vq.enable_notifications():
+                    return done
+        handle = self._handle_ctrl
         push = vq.push
         while True:
             vq.disable_notifications()
@@ -199,16 +234,21 @@ class VirtioScsi:
 
     def _handle_cmd(self, chain: Chain) -> int:
         """Execute one command chain; returns the used length (response + data-in bytes written)."""
-        if chain.error is not None:
+        return self._command(chain.out, chain.in_, chain.error)
+
+    def _command(self, out: list[memoryview], ins: list[memoryview], error: str | None) -> int:
+        """Execute one command given a chain's buffers; returns the used length (response + data-in written).
+
+        READ/WRITE on a quiet LUN go through the SCSI core's `execute_fast` (a port without one, or a command it
+        declines, goes through `execute`); the response is built the same way for both.
+        """
+        if error is not None:
             return 0
-        out = chain.out
-        ins = chain.in_
         # response area (device-writable, first)
         resp: memoryview | bytearray
         if ins and len(ins[0]) >= RESP_SIZE:
-            first = ins[0]
-            resp = first
-            data_in = [first[RESP_SIZE:], *ins[1:]] if len(first) > RESP_SIZE else ins[1:]
+            resp = ins[0]
+            data_in = ins[1:] if len(resp) == RESP_SIZE else [resp[RESP_SIZE:], *ins[1:]]
             scattered = False
         else:
             rest = _split_at(ins, RESP_SIZE)
@@ -217,26 +257,32 @@ class VirtioScsi:
             resp = bytearray(RESP_SIZE)  # rare split layout: build it aside (per request, so queues share nothing)
             data_in = rest
             scattered = True
-        # request header (driver-readable, first)
+        # request header (driver-readable, first); unpacking copies the CDB: the guest may rewrite its memory
         if out and len(out[0]) >= REQ_SIZE:
             first = out[0]
-            hdr = bytes(first[:REQ_SIZE])  # one private copy: the guest may rewrite its memory meanwhile
-            data_out = [first[REQ_SIZE:], *out[1:]] if len(first) > REQ_SIZE else out[1:]
+            lun0, target, lun_hi, lun_lo, cdb = _unpack_req(first)
+            if len(first) != REQ_SIZE:
+                data_out = [first[REQ_SIZE:], *out[1:]]
+            else:
+                data_out = out[1:] if len(out) > 1 else _NO_BUFFERS
         else:
             gathered = _gather(out, REQ_SIZE)
             if gathered is None:
                 return self._respond(resp, ins, scattered, S_FAILURE)
-            hdr = gathered
+            lun0, target, lun_hi, lun_lo, cdb = _unpack_req(gathered)
             data_out = _split_at(out, REQ_SIZE) or []
-        target = hdr[1]
-        port = self.ports.get(target) if hdr[0] == 1 else None
+        port = self.ports.get(target) if lun0 == 1 else None
         if port is None:
             return self._respond(resp, ins, scattered, S_BAD_TARGET)
-        lun = ((hdr[2] << 8) | hdr[3]) & 0x3FFF
-        cdb = hdr[19:]
+        lun = ((lun_hi << 8) | lun_lo) & 0x3FFF
         nexus = self.nexus.get(target, DEFAULT_NEXUS) if self.nexus is not None else DEFAULT_NEXUS
         try:
-            result = port.execute(nexus, lun, cdb, data_out, data_in)
+            fast = _FAST_BY_TYPE.get(type(port), _UNKNOWN)
+            if fast is _UNKNOWN:
+                fast = _fast_path_of(type(port))
+            result = fast(port, nexus, lun, cdb, data_out, data_in) if fast is not None else None
+            if result is None:
+                result = port.execute(nexus, lun, cdb, data_out, data_in)
             sense = result.sense
             data_in_len: int = result.data_in_len
             # As kernel vhost-scsi words it: resid is LIO's residual_count, and any sense goes out as LIO's whole

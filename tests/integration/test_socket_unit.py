@@ -7,9 +7,8 @@ own tool for the LISTEN_FDS protocol) listening on exactly the unit's ListenStre
 
 from __future__ import annotations
 
-import os
+import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from hardening.harness import Guest, save_targets
+from hardening.harness import Guest
+from support.config import save_targets
+from support.daemon import ServeProcess
 from vhostscsi.config.model import new_storage_object
 
 WWNS = ("naa.5001405aaaaaaaa1", "naa.5001405bbbbbbbb2")
@@ -74,22 +75,17 @@ def test_the_daemon_takes_over_the_units_sockets(tmp_path: Path) -> None:
     sockets.mkdir(mode=0o700)
     rc, unit, err = _unit(config, sockets)
     assert rc == 0, err
-    log = tmp_path / "serve.log"
-    listen = [arg for path in _listen_streams(unit) for arg in ("-l", path)]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([activate, *listen, sys.executable, "-m", "vhostscsi", "serve", "--config",
-                                 str(config), "--socket-dir", str(sockets)], stdout=out, stderr=subprocess.STDOUT)
+    listen = tuple(arg for path in _listen_streams(unit) for arg in ("-l", path))
+    daemon = ServeProcess(tmp_path, config, wwn=WWNS[0], sockdir=sockets, launcher=(activate, *listen))
     try:
         deadline = time.monotonic() + 30
         while not all((sockets / f"{w}.sock").is_socket() for w in WWNS):
-            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline and daemon.alive(), daemon.log()
             time.sleep(0.05)
         for wwn in WWNS:  # the first connection makes systemd-socket-activate start the daemon
             with Guest(sockets / f"{wwn}.sock") as init:
                 assert init.command(INQUIRY, data_in_len=96).data[8:16] == b"LIO-ORG "
-        text = log.read_text()
         for wwn in WWNS:
-            assert f"{wwn}: listening on {sockets / wwn}.sock (inherited)" in text, text
+            daemon.wait_log(re.escape(f"{wwn}: listening on {sockets / wwn}.sock (inherited)"))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        daemon.terminate()

@@ -40,18 +40,20 @@ class ServeProcess:
 
     `wwn`: the target whose socket `socket` names; `sockdir`: default `workdir/run`; `log_path`: default a new
     `workdir/serve-<ns>.log`, `append=True` to add to an existing one; `listen`: a listening socket the daemon
-    inherits (LISTEN_FDS) instead of binding its own.
+    inherits (LISTEN_FDS) instead of binding its own; `launcher`: a program the daemon's command line is handed to
+    (e.g. systemd-socket-activate with its options).
     """
 
     def __init__(self, workdir: Path, config: Path, *, wwn: str, sockdir: Path | None = None,
                  log_path: Path | None = None, append: bool = False, wrapper: Path | None = None,
-                 extra_args: tuple[str, ...] = (), listen: socket.socket | None = None) -> None:
+                 extra_args: tuple[str, ...] = (), listen: socket.socket | None = None,
+                 launcher: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.config = config
         self.wwn = wwn
         self.sockdir = sockdir or workdir / "run"
         self.log_path = log_path or workdir / f"serve-{time.monotonic_ns()}.log"
-        cmd = serve_command(config, self.sockdir, wrapper=wrapper, extra_args=extra_args)
+        cmd = [*launcher, *serve_command(config, self.sockdir, wrapper=wrapper, extra_args=extra_args)]
         fds: tuple[int, ...] = ()
         if listen is not None:
             fds = (listen.fileno(),)

@@ -18,7 +18,7 @@ from vhostscsi.scsi import ua as ua_mod
 from vhostscsi.scsi.buffers import total
 from vhostscsi.scsi.common import reply
 from vhostscsi.scsi.device import Device
-from vhostscsi.scsi.result import GOOD, ScsiResult, Status, good
+from vhostscsi.scsi.result import GOOD, GOOD_BY_LENGTH, ScsiResult, Status, good
 from vhostscsi.scsi.sense import Reason, to_descriptor, unit_attention
 
 __all__ = ["TargetPort", "LunEntry"]
@@ -245,7 +245,7 @@ class TargetPort:
             if data_out or (data_in[0].nbytes if len(data_in) == 1 else total(data_in)) != size:
                 return None
             dev.backstore.readv(lba * dev.block_size, data_in)
-            return good(size)
+            return GOOD_BY_LENGTH.get(size) or good(size)
         except OSError as exc:
             return self._sense_format(lun, sbc.backstore_failure(exc, writing, dev))
         except Exception:  # as execute: a bug must cost one command, not the daemon

@@ -56,3 +56,4 @@ def good(data_in_len: int = 0, residual: int = 0) -> ScsiResult:
 
 
 GOOD = good(0)
+GOOD_BY_LENGTH = _GOOD  # good(n) for the lengths seen so far: a dict lookup is cheaper than the call

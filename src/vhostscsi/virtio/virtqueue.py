@@ -44,9 +44,14 @@ ChainTuple = tuple[int, list[memoryview], list[memoryview], "str | None"]
 
 _PLAIN = VRING_DESC_F_NEXT | VRING_DESC_F_WRITE  # the only flags the fast chain reader accepts
 _FAST_MAX = 16  # longest chain (or indirect table, in descriptors) the fast reader takes
-_FAST_TABLE = 16 * _FAST_MAX
 # one precompiled struct per indirect table length: a table of k descriptors is read in one call
-_TABLE_UNPACK = [struct.Struct("<" + "QIHH" * k).unpack_from for k in range(_FAST_MAX + 1)]
+_TABLE_UNPACK_BY_LEN = {16 * k: struct.Struct("<" + "QIHH" * k).unpack_from for k in range(1, _FAST_MAX + 1)}
+# A 3-descriptor chain the fast reader takes, by (flags0, next0, flags1, next1, flags2): NEXT to the following
+# entry on the first two, nothing but WRITE on the last, readable before writable. The value: how many are
+# writable.
+_N, _W = VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+_SHAPES3 = {(_N, 1, _N, 2, 0): 0, (_N, 1, _N, 2, _W): 1, (_N, 1, _N | _W, 2, _W): 2,
+            (_N | _W, 1, _N | _W, 2, _W): 3}
 
 
 class Chain:
@@ -253,11 +258,11 @@ class SplitVirtqueue:
         addr, length, flags, nxt = _unpack_desc(self._desc, head << 4)
         if flags == VRING_DESC_F_INDIRECT:
             off = addr - r_gpa
-            if not (self.indirect and 16 <= length <= _FAST_TABLE and not length & 15 and 0 <= off
-                    and off + length <= r_size):
+            unpack = _TABLE_UNPACK_BY_LEN.get(length)  # None unless 16..16*_FAST_MAX, a multiple of 16
+            if unpack is None or not self.indirect or off < 0 or off + length > r_size:
                 return None
             k = length >> 4
-            descs = _TABLE_UNPACK[k](r_buf, off)  # the whole table in one call
+            descs = unpack(r_buf, off)  # the whole table in one call
         elif flags & ~_PLAIN:
             return None
         else:  # a direct chain: follow NEXT through the ring's table
@@ -275,20 +280,21 @@ class SplitVirtqueue:
                 descs += (addr, length, flags, k)
         if k == 3:  # every 4 KiB read or write (header, data, response): the loop below unrolled, half the cost
             a0, l0, f0, n0, a1, l1, f1, n1, a2, l2, f2, n2 = descs
+            writable = _SHAPES3.get((f0, n0, f1, n1, f2))  # flags, NEXT links and direction in one lookup
             o0 = a0 - r_gpa
             o1 = a1 - r_gpa
             o2 = a2 - r_gpa
-            if not (f0 | 2 == 3 and f1 | 2 == 3 and f2 | 2 == 2 and n0 == 1 and n1 == 2  # NEXT, NEXT, end
-                    and f0 & 2 <= f1 & 2 <= f2 & 2  # no readable buffer after a writable one
-                    and 0 <= o0 and o0 + l0 <= r_size and 0 <= o1 and o1 + l1 <= r_size
-                    and 0 <= o2 and o2 + l2 <= r_size):
+            if (writable is None or o0 < 0 or o0 + l0 > r_size or o1 < 0 or o1 + l1 > r_size
+                    or o2 < 0 or o2 + l2 > r_size):
                 return None
             v0 = r_buf[o0 : o0 + l0]
             v1 = r_buf[o1 : o1 + l1]
             v2 = r_buf[o2 : o2 + l2]
-            if f1 & 2:
-                return (head, [v0], [v1, v2], None) if not f0 & 2 else (head, [], [v0, v1, v2], None)
-            return (head, [v0, v1], [v2], None) if f2 & 2 else (head, [v0, v1, v2], [], None)
+            if writable == 2:
+                return head, [v0], [v1, v2], None
+            if writable == 1:
+                return head, [v0, v1], [v2], None
+            return (head, [v0, v1, v2], [], None) if not writable else (head, [], [v0, v1, v2], None)
         out: list[memoryview] = []
         ins: list[memoryview] = []
         last = 4 * k - 4

@@ -21,10 +21,13 @@ log = logging.getLogger("vhostscsi.serve")
 # polled, kicks suppressed, for up to POLL_WINDOW_US microseconds after the last request that arrived; a
 # request arriving meanwhile is served without the guest's kick (an MMIO exit) and without our epoll_wait and
 # eventfd read. When the window passes with the ring empty, kicks are re-armed and the ring re-checked after
-# a full fence (no lost wake-up), and the daemon sleeps again: an idle guest costs no CPU.
-# 0 turns polling off. The environment variable VHOSTSCSI_POLL_US overrides it (read once, at import).
-# Chosen by measurement (bench/README.md, "Adaptive polling").
-POLL_WINDOW_US = 50
+# a full fence (no lost wake-up), and the daemon sleeps again: an idle guest costs no CPU. The window adapts
+# (RingPoller): it shrinks to nothing for a guest whose requests come slower than it.
+# Off by default (0), as kernel vhost's busy-loop is: measured on a 2-core machine shared with the guest's
+# QEMU, a 50 us window lowered in-guest QD1 IOPS in 4 runs out of 4 (the spinning daemon takes the core
+# QEMU's vCPU and main loop need) and changed QD16 by less than the noise (bench/README.md, "The event
+# loop and adaptive polling"). With cores to spare, VHOSTSCSI_POLL_US=50 (microseconds; read once, at import) turns it on.
+POLL_WINDOW_US = 0
 POLL_ENV = "VHOSTSCSI_POLL_US"
 
 

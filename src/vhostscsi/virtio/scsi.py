@@ -258,6 +258,7 @@ class VirtioScsi:
             data_in = rest
             scattered = True
         # request header (driver-readable, first); unpacking copies the CDB: the guest may rewrite its memory
+        data_out: Sequence[memoryview]
         if out and len(out[0]) >= REQ_SIZE:
             first = out[0]
             lun0, target, lun_hi, lun_lo, cdb = _unpack_req(first)

@@ -26,7 +26,8 @@ log = logging.getLogger("vhostscsi.serve")
 # Off by default (0), as kernel vhost's busy-loop is: measured on a 2-core machine shared with the guest's
 # QEMU, a 50 us window lowered in-guest QD1 IOPS in 4 runs out of 4 (the spinning daemon takes the core
 # QEMU's vCPU and main loop need) and changed QD16 by less than the noise (bench/README.md, "The event
-# loop and adaptive polling"). With cores to spare, VHOSTSCSI_POLL_US=50 (microseconds; read once, at import) turns it on.
+# loop and adaptive polling"). With cores to spare, VHOSTSCSI_POLL_US=50 (microseconds; read once, at
+# import) turns it on.
 POLL_WINDOW_US = 0
 POLL_ENV = "VHOSTSCSI_POLL_US"
 

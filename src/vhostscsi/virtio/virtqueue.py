@@ -426,9 +426,16 @@ class SplitVirtqueue:
     # ---- notifications ----------------------------------------------------------------------------------------
 
     def disable_notifications(self) -> None:
-        """Ask the driver not to kick while we are draining the ring anyway."""
+        """Ask the driver not to kick while we are draining (or polling) the ring anyway.
+
+        With EVENT_IDX the driver kicks when avail.idx crosses avail_event: putting it one behind
+        last_avail_idx means only after 65,535 more buffers, i.e. not while we look. Always paired with
+        `enable_notifications()`, which puts it back and re-checks the ring behind a fence.
+        """
         self._notifications_enabled = False
-        if not self.event_idx:
+        if self.event_idx:
+            self._used[2 + 4 * self.size] = (self.last_avail_idx - 1) & 0xFFFF
+        else:
             self._used[0] = self._used[0] | VRING_USED_F_NO_NOTIFY
 
     def enable_notifications(self) -> bool:

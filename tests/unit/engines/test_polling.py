@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vhostscsi.engines.user.loop import EventLoop
-from vhostscsi.engines.user.rings import POLL_GROW_START, RingIO, RingPoller, poll_window_from_env, suppress_kicks
+from vhostscsi.engines.user.rings import POLL_GROW_START, RingIO, RingPoller, poll_window_from_env
 from vhostscsi.hostdriver.guestram import GuestRam
 from vhostscsi.hostdriver.initiator import build_request
 from vhostscsi.hostdriver.vring import DriverRing
@@ -238,13 +238,13 @@ def test_the_poller_runs_in_the_loop_until_the_ring_is_idle(rig):
         loop.close()
 
 
-def test_suppress_kicks_with_event_idx_moves_avail_event_behind():
+def test_disabling_notifications_with_event_idx_moves_avail_event_behind():
     rig = Rig(True)
     try:
         rig.post()
         rig.ring.serve(rig.device)
         assert rig.driver.avail_event() == 1  # process() re-armed: the next request would kick
-        suppress_kicks(rig.vq)
+        rig.vq.disable_notifications()
         assert rig.driver.avail_event() == 0
         assert rig.vq.enable_notifications() is False
         assert rig.driver.avail_event() == 1

@@ -13,7 +13,6 @@ import time
 from typing import Callable
 
 from vhostscsi.virtio.scsi import VirtioScsi
-from vhostscsi.virtio.virtqueue import SplitVirtqueue
 
 log = logging.getLogger("vhostscsi.serve")
 
@@ -44,24 +43,6 @@ def poll_window_from_env(default_us: float = POLL_WINDOW_US) -> float:
 
 
 POLL_WINDOW = poll_window_from_env()
-
-_HAS_AVAIL_EVENT = "_used" in getattr(SplitVirtqueue, "__slots__", ())
-
-
-def suppress_kicks(vq: SplitVirtqueue) -> None:
-    """Ask the driver not to kick while we poll the ring anyway.
-
-    Without EVENT_IDX ``disable_notifications()`` sets VRING_USED_F_NO_NOTIFY and that is all. With EVENT_IDX
-    it only stops pop() from moving avail_event, but `VirtioScsi.process()` ends by re-arming (avail_event =
-    last_avail_idx), so the driver's next buffer would kick anyway. Putting avail_event one behind
-    last_avail_idx means the driver crosses it only after 65,535 more buffers: no kick while we poll.
-    `enable_notifications()` (which the poller always calls before sleeping) moves it back, with the fence.
-    """
-    vq.disable_notifications()
-    if vq.event_idx and _HAS_AVAIL_EVENT:
-        # TODO(virtio owner): do this in SplitVirtqueue.disable_notifications itself and drop this line.
-        vq._used[2 + 4 * vq.size] = (vq.last_avail_idx - 1) & 0xFFFF  # avail_event
-
 
 def _close(fd: int | None) -> None:
     if fd is not None:
@@ -199,7 +180,7 @@ class RingPoller:
         vq = self.device.queues[self.ring.index]
         if vq is None or vq.broken:
             return False
-        suppress_kicks(vq)
+        vq.disable_notifications()  # with EVENT_IDX: avail_event one behind, no kick while we poll
         self.until = now + self.window
         if self.active:
             return False
@@ -232,6 +213,6 @@ class RingPoller:
         if vq.broken:
             self.active = False
             return False
-        suppress_kicks(vq)
+        vq.disable_notifications()  # with EVENT_IDX: avail_event one behind, no kick while we poll
         self.until = self._clock() + self.window
         return True

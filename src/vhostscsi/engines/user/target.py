@@ -8,7 +8,6 @@ the log and disconnected, instead of being left hanging on a socket nobody reads
 from __future__ import annotations
 
 import logging
-import socket
 from pathlib import Path
 
 from vhostscsi.engines.user.connection import Connection

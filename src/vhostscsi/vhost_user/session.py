@@ -148,6 +148,12 @@ class Session:
         self._inflight_mmap: mmap.mmap | None = None
         self._inflight_area: memoryview | None = None
         self._inflight_queue_size = 0
+        self._inflight_created = False  # GET_INFLIGHT_FD made an area in this session
+        # The front end handed back an in-flight area this session did not create (SET_INFLIGHT_FD without a GET
+        # before it): QEMU restarts, on a new connection, a device that ran under an earlier back end. QEMU creates
+        # the area (GET) when the guest driver first starts the device, frees it on device reset, and hands it
+        # back only on a reconnect, so a new guest, or a guest that rebooted, is never `resumed`.
+        self.resumed = False
         self._handlers = {
             Request.GET_FEATURES: self._get_features,
             Request.SET_FEATURES: self._set_features,
@@ -507,6 +513,8 @@ class Session:
         except OSError as e:
             os.close(fd)
             raise ProtocolError(f"cannot create the in-flight area: {e.strerror}") from e
+        self._inflight_created = True
+        self.resumed = False
         return reply_to(msg, pack_inflight(Inflight(size, 0, req.num_queues, req.queue_size)), (fd,))
 
     def _set_inflight_fd(self, msg: Message, actions: list[Action]) -> None:
@@ -528,6 +536,7 @@ class Session:
             raise _RequestFailed(f"cannot map the in-flight area: {e}") from e
         _close_fds(msg.fds)
         self._adopt_inflight(m, info.queue_size, info.mmap_offset)
+        self.resumed = not self._inflight_created
         return None
 
     def _adopt_inflight(self, m: mmap.mmap, queue_size: int, offset: int = 0) -> None:

@@ -79,6 +79,8 @@ _TMF_REQ = struct.Struct("<II8sQ")
 _AN_REQ = struct.Struct("<I8sI")
 _AN_RESP = struct.Struct("<IB")
 _EVENT = struct.Struct("<I8sI")
+# "No event, events missed": Linux answers it with a rescan of the host (new LUNs are added).
+_EVENTS_MISSED = _EVENT.pack(T_NO_EVENT | T_EVENTS_MISSED, bytes(8), 0)
 
 _ZERO_SENSE = bytes(SENSE_SIZE)
 _NO_BUFFERS: tuple[memoryview, ...] = ()  # the data-out of a read (shared: nothing appends to it)
@@ -215,10 +217,9 @@ class VirtioScsi:
         if index == EVENT_QUEUE:
             # Taken to carry an event the dead process never delivered: hand each back as "no event, events
             # missed" (Linux rescans, then posts the buffer again) rather than keep it from the guest for good.
-            missed = _EVENT.pack(T_NO_EVENT | T_EVENTS_MISSED, bytes(8), 0)
             for chain in chains:
                 usable = chain.error is None and chain.in_len() >= EVENT_SIZE
-                vq.push(chain.head, _scatter(chain.in_, missed) if usable else 0)
+                vq.push(chain.head, _scatter(chain.in_, _EVENTS_MISSED) if usable else 0)
             return len(chains)
         handle = self._handle_ctrl if index == CONTROL_QUEUE else self._handle_cmd
         for chain in chains:
@@ -373,6 +374,15 @@ class VirtioScsi:
         """PARAM_CHANGE with CAPACITY DATA HAS CHANGED, so the guest re-reads the size."""
         return self._post(T_PARAM_CHANGE, target, lun, CAPACITY_CHANGED_REASON)
 
+    def rescan(self) -> int:
+        """Tell the guest its view of the LUNs may be stale: one NO_EVENT with EVENTS_MISSED (on the next pending
+        event instead, if there is one), delivered as soon as the event queue has a buffer. Linux answers it with a
+        rescan of the host, which adds new LUNs; it drops only LUNs whose INQUIRY answers GOOD with a non-zero
+        peripheral qualifier, which no LUN of ours does (LIO's CHECK CONDITION). Returns events delivered now."""
+        self.events_missed = True
+        vq = self.queues[EVENT_QUEUE]
+        return self._deliver_events(vq) if vq is not None else 0
+
     def _post(self, event: int, target: int, lun: int, reason: int) -> int:
         if len(self.pending_events) >= self.max_pending_events:
             self.pending_events.popleft()
@@ -382,9 +392,10 @@ class VirtioScsi:
         return self._deliver_events(vq) if vq is not None else 0
 
     def _deliver_events(self, vq: SplitVirtqueue) -> int:
-        """Put pending events into posted event buffers; a missed event marks the next one delivered."""
+        """Put pending events into posted event buffers; a missed event marks the next one delivered, or goes
+        out on its own (NO_EVENT | EVENTS_MISSED) when no event is pending."""
         done = 0
-        while self.pending_events:
+        while self.pending_events or self.events_missed:
             chain = vq.pop()
             if chain is None:
                 break
@@ -392,10 +403,13 @@ class VirtioScsi:
                 vq.push(chain.head, 0)  # unusable buffer: give it back, keep the event
                 done += 1
                 continue
-            ev = self.pending_events.popleft()
-            if self.events_missed:
-                ev = _EVENT.pack(_EVENT.unpack(ev)[0] | T_EVENTS_MISSED, *_EVENT.unpack(ev)[1:])
-                self.events_missed = False
+            if not self.pending_events:
+                ev = _EVENTS_MISSED
+            else:
+                ev = self.pending_events.popleft()
+                if self.events_missed:
+                    ev = _EVENT.pack(_EVENT.unpack(ev)[0] | T_EVENTS_MISSED, *_EVENT.unpack(ev)[1:])
+            self.events_missed = False
             vq.push(chain.head, _scatter(chain.in_, ev))
             done += 1
         return done

@@ -18,7 +18,7 @@ from vhostscsi.engines.user.loop import PRIO_CONTROL, PRIO_DATA, EventLoop, Time
 from vhostscsi.engines.user.rings import POLL_WINDOW, RingIO, RingPoller
 from vhostscsi.vhost_user import codec
 from vhostscsi.vhost_user.codec import Decoder, Message, ProtocolError
-from vhostscsi.vhost_user.protocol import MAX_FDS
+from vhostscsi.vhost_user.protocol import MAX_FDS, VIRTIO_SCSI_F_HOTPLUG, bit
 from vhostscsi.vhost_user.session import (
     Action,
     CallFd,
@@ -99,6 +99,7 @@ class Connection:
         self._reported_state = 0  # request queues running, as last logged
         self._warned_unsealed = False  # the guest RAM's file could not be sealed against shrinking (once)
         self._state_timer: Timer | None = None
+        self._rescan_asked = False  # a resumed guest was told to rescan its LUNs (once per connection)
         sock.setblocking(True)
         sock.settimeout(SEND_TIMEOUT)  # only sends can block: receives use MSG_DONTWAIT
         loop.add_reader(sock.fileno(), self._on_readable, PRIO_CONTROL)
@@ -223,8 +224,22 @@ class Connection:
         if a.resubmit:
             log.info("%s: resubmitting %d in-flight request(s) on ring %d", self.label, len(a.resubmit), a.index)
             ring.completed(self.device, self.device.resubmit(a.index, a.resubmit))
+        if a.index == EVENT_QUEUE:
+            self._ask_rescan_if_resumed()
         # Requests may already wait in the ring (a restart after reboot, or a kick QEMU sent before the fd).
         ring.serve(self.device)
+
+    def _ask_rescan_if_resumed(self) -> None:
+        """On a reconnect to a running guest, have it rescan: LUNs added or removed while no daemon ran were never
+        announced, and the guest would keep its old view. Only with hotplug negotiated (else the guest reads no
+        events), and never for a new guest, whose driver scans by itself. Delivered now into a posted event buffer,
+        or at the event queue's next kick if the guest has none posted yet."""
+        if self._rescan_asked or not self.session.resumed or not self.session.features & bit(VIRTIO_SCSI_F_HOTPLUG):
+            return
+        self._rescan_asked = True
+        log.info("%s: reconnected to a running guest: asking it to rescan its LUNs (the configuration may have "
+                 "changed while no daemon ran)", self.label)
+        self._event(self.device.rescan())
 
     def _log_driver_state(self) -> None:
         """Log the guest driver's state once it settles: rings start one message at a time, and SeaBIOS starts

@@ -54,10 +54,7 @@ def test_guest_io_survives_daemon_restart_and_crash(tmp_path: Path) -> None:
         return proc
 
     daemon = serve()
-    args = firmware_args(qemu.binary) + shared_memory_args(512) + [
-        "-chardev", qemu.chardev("vus0", sock, 200),
-        "-device", "vhost-user-scsi-pci,chardev=vus0",
-    ]
+    args = firmware_args(qemu.binary) + shared_memory_args(512) + qemu.vhost_user_scsi(sock, 200)
     try:
         with start_guest(img, args, workdir=tmp_path / "guest", qemu=qemu.binary) as g:
             g.wait_for("ROUND 3 ok", timeout=180)

@@ -66,6 +66,15 @@ def guest_script(runtime: int = 4, max_rounds: int = 200) -> str:
             .replace("__MAXROUNDS__", str(max_rounds)))
 
 
+def ask_guest_to_stop(disk: Path) -> None:
+    """Write the flag the guest workload polls for at STOP_OFFSET of the disk: it finishes its round and stops."""
+    fd = os.open(disk, os.O_WRONLY)
+    try:
+        os.pwrite(fd, STOP_FLAG, STOP_OFFSET)
+    finally:
+        os.close(fd)
+
+
 def make_config(workdir: Path) -> tuple[Path, Path]:
     disk = workdir / "disk0.img"
     # write_back=False: every WRITE is synced (FUA) before it completes, so requests stay in flight long enough for

@@ -15,8 +15,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from vhostscsi.integrations.qemu import reconnect_option
+
 INSTALL_SCRIPT = Path(__file__).with_name("install_qemu10.sh")
-RECONNECT_MS = (9, 2)  # `reconnect-ms=` on -chardev socket (vhost-user-scsi reconnects since 8.2, `reconnect=` s)
 
 
 @dataclass(frozen=True)
@@ -25,10 +26,13 @@ class Qemu:
     version: tuple[int, int, int]
 
     def chardev(self, chardev_id: str, path: str | os.PathLike[str], reconnect_ms: int) -> str:
-        """The -chardev value of a reconnecting vhost-user client socket for this version."""
-        if self.version[:2] >= RECONNECT_MS:
-            return f"socket,id={chardev_id},path={path},reconnect-ms={reconnect_ms}"
-        return f"socket,id={chardev_id},path={path},reconnect={max(1, reconnect_ms // 1000)}"
+        """The -chardev value of a reconnecting vhost-user client socket for this version (the option as
+        `vhostscsi qemu-args --reconnect-ms` prints it)."""
+        return f"socket,id={chardev_id},path={path}{reconnect_option(reconnect_ms, self.version[:2])}"
+
+    def vhost_user_scsi(self, path: str | os.PathLike[str], reconnect_ms: int) -> list[str]:
+        """-chardev and -device of a vhost-user-scsi-pci that reconnects to the daemon's socket at `path`."""
+        return ["-chardev", self.chardev("vus0", path, reconnect_ms), "-device", "vhost-user-scsi-pci,chardev=vus0"]
 
 
 def qemu_version(binary: str) -> tuple[int, int, int] | None:

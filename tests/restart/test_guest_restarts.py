@@ -19,10 +19,9 @@ import pytest
 from support.guest import build_image
 from restart.harness import (
     FIO,
-    STOP_FLAG,
-    STOP_OFFSET,
     Report,
     Serve,
+    ask_guest_to_stop,
     guest_script,
     hold_socket,
     inflight_in_qemu,
@@ -57,10 +56,7 @@ def run_restarts(qemu10: Qemu, workdir: Path, graceful: int, kills: int, mode: s
     held = hold_socket(workdir) if mode == "activation" else None
     daemons = [Serve(workdir, config, 0, listen=held)]
     daemons[0].wait_log("listening on", 30)
-    args = shared_memory_args(512) + [
-        "-chardev", qemu10.chardev("vus0", daemons[0].socket, RECONNECT_MS),
-        "-device", "vhost-user-scsi-pci,chardev=vus0",
-    ]
+    args = shared_memory_args(512) + qemu10.vhost_user_scsi(daemons[0].socket, RECONNECT_MS)
     try:
         with start_guest(img, args, workdir=workdir / "guest", qemu=qemu10.binary) as g:
             g.wait_for("WORKLOAD-START", timeout=300)
@@ -94,11 +90,7 @@ def run_restarts(qemu10: Qemu, workdir: Path, graceful: int, kills: int, mode: s
                 new.wait_log("guest driver started", 60)
                 report.restarts[how] += 1
             time.sleep(1.0)  # some I/O on the last daemon, then ask the guest to finish its round and stop
-            fd = os.open(disk, os.O_WRONLY)
-            try:
-                os.pwrite(fd, STOP_FLAG, STOP_OFFSET)
-            finally:
-                os.close(fd)
+            ask_guest_to_stop(disk)
             g.wait_for("WORKLOAD-DONE", timeout=180)
             text = g.wait(60)
             assert g.exit_code == 0, text[-2000:]

@@ -16,7 +16,6 @@ and this target answers a missing LUN as LIO does, CHECK CONDITION / LOGICAL UNI
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import struct
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from support.guest import build_image
-from restart.harness import DISK_SIZE, DMESG_BAD, STOP_FLAG, STOP_OFFSET, WWN, Serve, make_config
+from restart.harness import DISK_SIZE, DMESG_BAD, STOP_OFFSET, WWN, Serve, ask_guest_to_stop, make_config
 from restart.qemu10 import Qemu
 
 from vhostscsi.config.model import new_storage_object
@@ -208,10 +207,7 @@ def test_guest_sees_a_lun_added_while_no_daemon_ran(qemu10: Qemu, tmp_path: Path
     config, disk = make_config(tmp_path)
     daemons = [Serve(tmp_path, config, 0)]
     daemons[0].wait_log("listening on", 30)
-    args = shared_memory_args(512) + [
-        "-chardev", qemu10.chardev("vus0", daemons[0].socket, RECONNECT_MS),
-        "-device", "vhost-user-scsi-pci,chardev=vus0",
-    ]
+    args = shared_memory_args(512) + qemu10.vhost_user_scsi(daemons[0].socket, RECONNECT_MS)
     try:
         with start_guest(img, args, workdir=tmp_path / "guest", qemu=qemu10.binary) as g:
             g.wait_for("LUNS [0 ]", timeout=300)
@@ -229,11 +225,7 @@ def test_guest_sees_a_lun_added_while_no_daemon_ran(qemu10: Qemu, tmp_path: Path
                                      f"of the reconnect:\n{g.console()[-3000:]}\n{daemons[1].log()[-3000:]}") from e
             seen_after = time.monotonic() - started
             time.sleep(1.0)  # more I/O on LUN 0 after the rescan
-            fd = os.open(disk, os.O_WRONLY)
-            try:
-                os.pwrite(fd, STOP_FLAG, STOP_OFFSET)
-            finally:
-                os.close(fd)
+            ask_guest_to_stop(disk)
             g.wait_for("WORKLOAD-DONE", timeout=120)
             text = g.wait(60)
     finally:

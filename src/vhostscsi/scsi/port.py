@@ -202,8 +202,8 @@ class TargetPort:
     # --- the command path ----------------------------------------------------------------
     def execute_fast(self, nexus: str, lun_id: int, cdb: bytes | memoryview,
                      data_out: Bufs, data_in: Bufs) -> ScsiResult | None:
-        """READ/WRITE (10)/(16) straight to the backstore, or None: then nothing was done and the caller runs
-        `execute`, which answers everything. Why: those four are nearly every command a guest sends, and
+        """READ/WRITE (10)/(16) straight to the backstore, or None: then nothing was done and `execute` runs
+        `execute_general`, which answers everything. Why: those four are nearly every command a guest sends, and
         `execute` spends more than the 4 KiB copy itself on dispatch and on checks that pass.
 
         Taken only where `execute` would run the same transfer and answer plain GOOD: a quiet LUN (below), a
@@ -261,7 +261,14 @@ class TargetPort:
 
     def execute(self, nexus: str, lun_id: int, cdb: bytes | memoryview,
                 data_out: Bufs, data_in: Bufs) -> ScsiResult:
-        """Run one command; never raises for anything an initiator can send."""
+        """Run one command; never raises for anything an initiator can send. READ/WRITE on a quiet LUN take
+        `execute_fast`; everything else, and whatever it declines, `execute_general`."""
+        r = self.execute_fast(nexus, lun_id, cdb, data_out, data_in)
+        return r if r is not None else self.execute_general(nexus, lun_id, cdb, data_out, data_in)
+
+    def execute_general(self, nexus: str, lun_id: int, cdb: bytes | memoryview,
+                        data_out: Bufs, data_in: Bufs) -> ScsiResult:
+        """The general path, for every command: the reference `execute_fast` is compared against."""
         try:
             if len(cdb) < 32:  # the virtio layer passes the full 32-byte CDB field
                 if not len(cdb):

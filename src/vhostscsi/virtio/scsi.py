@@ -136,25 +136,6 @@ def _scatter(views: Sequence[memoryview], data: bytes | bytearray) -> int:
     return done
 
 
-_FAST_BY_TYPE: dict[type, Any] = {}
-_UNKNOWN = object()
-
-
-def _fast_path_of(cls: type) -> Any:
-    """The port class's `execute_fast` (the SCSI core's READ/WRITE fast path), or None.
-
-    Looked up on the class, and only taken where it belongs with the class's own `execute`: a wrapper that
-    intercepts `execute` (tests freeze or fail commands that way, delegating the rest through __getattr__), or
-    a subclass that overrides it, must see every command, so it gets none."""
-    fast = getattr(cls, "execute_fast", None)
-    if fast is not None:
-        owner = next(k for k in cls.__mro__ if "execute_fast" in vars(k))
-        if getattr(cls, "execute", None) is not vars(owner).get("execute"):
-            fast = None
-    _FAST_BY_TYPE[cls] = fast
-    return fast
-
-
 class VirtioScsi:
     """One virtio-scsi device: the queues of a vhost-user connection and the TPGs they reach."""
 
@@ -240,8 +221,8 @@ class VirtioScsi:
     def _command(self, out: list[memoryview], ins: list[memoryview], error: str | None) -> int:
         """Execute one command given a chain's buffers; returns the used length (response + data-in written).
 
-        READ/WRITE on a quiet LUN go through the SCSI core's `execute_fast` (a port without one, or a command it
-        declines, goes through `execute`); the response is built the same way for both.
+        The port's `execute` takes its own READ/WRITE fast path; a wrapper port (tests freeze or fail commands that
+        way) sees every command.
         """
         if error is not None:
             return 0
@@ -279,12 +260,7 @@ class VirtioScsi:
         lun = ((lun_hi << 8) | lun_lo) & 0x3FFF
         nexus = self.nexus.get(target, DEFAULT_NEXUS) if self.nexus is not None else DEFAULT_NEXUS
         try:
-            fast = _FAST_BY_TYPE.get(type(port), _UNKNOWN)
-            if fast is _UNKNOWN:
-                fast = _fast_path_of(type(port))
-            result = fast(port, nexus, lun, cdb, data_out, data_in) if fast is not None else None
-            if result is None:
-                result = port.execute(nexus, lun, cdb, data_out, data_in)
+            result = port.execute(nexus, lun, cdb, data_out, data_in)
             sense = result.sense
             data_in_len: int = result.data_in_len
             # As kernel vhost-scsi words it: resid is LIO's residual_count, and any sense goes out as LIO's whole

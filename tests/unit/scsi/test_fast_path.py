@@ -1,8 +1,8 @@
-"""TargetPort.execute_fast (READ/WRITE (10)/(16) straight to the backstore) answers exactly as execute.
+"""TargetPort.execute_fast (READ/WRITE (10)/(16) straight to the backstore) answers exactly as execute_general.
 
 Two identical worlds run the same steps: in one every command first tries `execute_fast` (falling back to
-`execute` when it declines), in the other every command goes through `execute`. After each step the results
-(status, sense, data-in length, residual) and the data-in bytes must be equal, and at the end the disks' bytes
+`execute_general` when it declines), in the other every command goes through `execute_general`. After each step
+the results (status, sense, data-in length, residual) and the data-in bytes must be equal, and at the end the disks' bytes
 and the devices' offline state. The steps mix commands at the edges (LBA at and past the capacity, transfer
 length 0, FUA/DPO with and without a write-back cache, PROTECT and other bits of byte 1, buffers too short, too
 long, split, data-out on a read) with what changes a LUN's state (LUN reset and capacity change unit
@@ -105,7 +105,7 @@ class World:
         cdb = cdb.ljust(32, b"\0")
         r = self.port.execute_fast(nexus, lun, cdb, data_out, data_in) if self.fast else None
         if r is None:
-            r = self.port.execute(nexus, lun, cdb, data_out, data_in)
+            r = self.port.execute_general(nexus, lun, cdb, data_out, data_in)
         else:
             self.taken += 1
         return r, [bytes(b) for b in bufs]

@@ -167,26 +167,15 @@ class VirtioScsi:
             return 0
         if index == EVENT_QUEUE:
             return self._deliver_events(vq)
+        # Chains as tuples; completions published with one used.idx store per batch.
+        handle = self._control if index == CONTROL_QUEUE else self._command
         done = 0
-        if index != CONTROL_QUEUE:
-            # Request queues: chains as tuples, completions published with one used.idx store per batch.
-            command = self._command
-            while True:
-                vq.disable_notifications()
-                batch = vq.pop_batch()
-                if batch:
-                    vq.push_many([(head, command(out, ins, error)) for head, out, ins, error in batch])
-                    done += len(batch)
-                if vq.broken or not vq.enable_notifications():
-                    return done
-        handle = self._handle_ctrl
-        push = vq.push
         while True:
             vq.disable_notifications()
-            chains = vq.pop_all()
-            for chain in chains:
-                push(chain.head, handle(chain))
-            done += len(chains)
+            batch = vq.pop_batch()
+            if batch:
+                vq.push_many([(head, handle(out, ins, error)) for head, out, ins, error in batch])
+                done += len(batch)
             if vq.broken or not vq.enable_notifications():
                 return done
 
@@ -202,9 +191,9 @@ class VirtioScsi:
                 usable = chain.error is None and chain.in_len() >= EVENT_SIZE
                 vq.push(chain.head, _scatter(chain.in_, _EVENTS_MISSED) if usable else 0)
             return len(chains)
-        handle = self._handle_ctrl if index == CONTROL_QUEUE else self._handle_cmd
+        handle = self._control if index == CONTROL_QUEUE else self._command
         for chain in chains:
-            vq.push(chain.head, handle(chain))
+            vq.push(chain.head, handle(chain.out, chain.in_, chain.error))
         return len(chains)
 
     # ---- commands -----------------------------------------------------------------------------------------------
@@ -213,10 +202,6 @@ class VirtioScsi:
         if lun0 != 1:
             return None
         return self.ports.get(target)
-
-    def _handle_cmd(self, chain: Chain) -> int:
-        """Execute one command chain; returns the used length (response + data-in bytes written)."""
-        return self._command(chain.out, chain.in_, chain.error)
 
     def _command(self, out: list[memoryview], ins: list[memoryview], error: str | None) -> int:
         """Execute one command given a chain's buffers; returns the used length (response + data-in written).
@@ -289,24 +274,25 @@ class VirtioScsi:
 
     # ---- control queue ------------------------------------------------------------------------------------------
 
-    def _handle_ctrl(self, chain: Chain) -> int:
-        if chain.error is not None:
+    def _control(self, out: list[memoryview], ins: list[memoryview], error: str | None) -> int:
+        """Execute one control request (TMF, AN query/subscribe) given a chain's buffers; returns the used length."""
+        if error is not None:
             return 0
-        head = _gather(chain.out, 4)
+        head = _gather(out, 4)
         if head is None:
             return 0
         kind = int.from_bytes(head, "little")
         if kind == T_TMF:
-            req = _gather(chain.out, _TMF_REQ.size)
+            req = _gather(out, _TMF_REQ.size)
             if req is None:
                 return 0
             _t, subtype, lun, _tag = _TMF_REQ.unpack(req)
-            return _scatter(chain.in_, bytes((self._tmf(subtype, lun),)))
+            return _scatter(ins, bytes((self._tmf(subtype, lun),)))
         if kind in (T_AN_QUERY, T_AN_SUBSCRIBE):
-            if _gather(chain.out, _AN_REQ.size) is None:
+            if _gather(out, _AN_REQ.size) is None:
                 return 0
             # No asynchronous notifications are supported (as vhost-scsi): event_actual 0, response OK.
-            return _scatter(chain.in_, _AN_RESP.pack(0, S_OK))
+            return _scatter(ins, _AN_RESP.pack(0, S_OK))
         return 0  # unknown control request: no response layout to answer in
 
     def _tmf(self, subtype: int, lun_field: bytes) -> int:

@@ -9,12 +9,11 @@ order: $VHOSTSCSI_QEMU10, $VHOSTSCSI_QEMU_RECONNECT, $VHOSTSCSI_QEMU, /opt/qemu1
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from vhostscsi.integrations.cli import qemu_binary_version as qemu_version
 from vhostscsi.integrations.qemu import reconnect_option
 
 INSTALL_SCRIPT = Path(__file__).with_name("install_qemu10.sh")
@@ -33,15 +32,6 @@ class Qemu:
     def vhost_user_scsi(self, path: str | os.PathLike[str], reconnect_ms: int) -> list[str]:
         """-chardev and -device of a vhost-user-scsi-pci that reconnects to the daemon's socket at `path`."""
         return ["-chardev", self.chardev("vus0", path, reconnect_ms), "-device", "vhost-user-scsi-pci,chardev=vus0"]
-
-
-def qemu_version(binary: str) -> tuple[int, int, int] | None:
-    try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    m = re.search(r"version (\d+)\.(\d+)\.(\d+)", out)
-    return (int(m[1]), int(m[2]), int(m[3])) if m else None
 
 
 def candidates() -> list[str]:

@@ -126,20 +126,25 @@ def check_combination(opts: argparse.Namespace) -> None:
                          "socket to reconnect")
 
 
-def installed_qemu_version() -> tuple[int, int] | None:
-    """MAJOR.MINOR of ``qemu-system-x86_64`` on PATH, or None if there is none (or it does not say)."""
-    import shutil
+def qemu_binary_version(binary: str) -> tuple[int, int, int] | None:
+    """What ``binary --version`` says (MAJOR, MINOR, MICRO), or None if it does not run or say."""
     import subprocess
 
-    binary = shutil.which("qemu-system-x86_64")
-    if binary is None:
-        return None
     try:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    match = re.search(r"version (\d+)\.(\d+)", out)
-    return (int(match[1]), int(match[2])) if match else None
+    match = re.search(r"version (\d+)\.(\d+)\.(\d+)", out)
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+def installed_qemu_version() -> tuple[int, int] | None:
+    """MAJOR.MINOR of ``qemu-system-x86_64`` on PATH, or None if there is none (or it does not say)."""
+    import shutil
+
+    binary = shutil.which("qemu-system-x86_64")
+    version = qemu_binary_version(binary) if binary is not None else None
+    return version[:2] if version is not None else None
 
 
 def reconnect_suffix(opts: argparse.Namespace) -> str:

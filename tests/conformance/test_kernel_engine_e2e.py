@@ -20,6 +20,7 @@ from conformance.lio_cases import CASES, VHOST_CASES
 from conformance.lio_setup import LUNS, TARGET_WWN, TPG_TAG
 from conformance.replay import DATA_VHOST, load_capture
 from conformance.lio_config import write_config
+from support.hostparts import missing_host_part
 from vhostscsi.guestkit import (
     HOST_ROOT,
     HOST_ROOT_MODULES,
@@ -41,7 +42,7 @@ def test_kernel_engine_target_answers_like_the_capture(tmp_path: Path) -> None:
         qemu_binary()
         kernel = find_kernel(needs=["9p", "vhost_scsi", "target_core_file"])
     except MissingHostPart as exc:
-        pytest.skip(str(exc))
+        missing_host_part(str(exc))
     work = tmp_path / "e2e"
     work.mkdir()
     write_config(work / "saveconfig.json", work, dev_dir="/run/e2e")

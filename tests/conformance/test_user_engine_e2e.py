@@ -24,6 +24,7 @@ from conformance.lio_cases import CASES
 from conformance.lio_config import write_config
 from conformance.lio_setup import LUNS, TARGET_WWN
 from conformance.replay import DATA, load_capture
+from support.hostparts import missing_host_part
 from vhostscsi.engines.user.paths import socket_path
 from vhostscsi.guestkit import GuestImage, MissingHostPart, boot_guest, qemu_binary, sg3_utils
 from vhostscsi.integrations.qemu import memory_backend_args, parse_pci, user_device_args
@@ -56,7 +57,7 @@ def test_guest_sees_lio_bytes_through_our_user_engine(tmp_path: Path) -> None:
             extra_files={f"/cases/{i}.out": c.data_out for i, c in enumerate(E2E_CASES) if c.data_out},
         )
     except MissingHostPart as exc:
-        pytest.skip(str(exc))
+        missing_host_part(str(exc))
     config, sockdir = tmp_path / "saveconfig.json", tmp_path / "run"
     write_config(config, tmp_path)
     log = open(tmp_path / "serve.log", "wb")

@@ -19,6 +19,7 @@ from restart.qemu10 import find_reconnecting_qemu
 from support.config import one_disk_config
 from support.daemon import ServeProcess
 from support.guest import build_image, firmware_args
+from support.hostparts import require_host_part
 
 from vhostscsi.guestkit import GNU_DD, VIRTIO_SCSI_MODULES, shared_memory_args, start_guest
 
@@ -39,9 +40,7 @@ done
 
 
 def test_guest_io_survives_daemon_restart_and_crash(tmp_path: Path) -> None:
-    qemu = find_reconnecting_qemu()
-    if isinstance(qemu, str):
-        pytest.skip(qemu)
+    qemu = require_host_part(find_reconnecting_qemu())
     img = build_image(extra_binaries=[GNU_DD], modules=VIRTIO_SCSI_MODULES, init_script=SCRIPT)
     config = one_disk_config(tmp_path / "saveconfig.json", tmp_path / "disk0.img", 64 << 20, wwn=WWN)
     sock = tmp_path / "run" / f"{WWN}.sock"

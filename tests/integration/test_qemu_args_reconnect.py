@@ -16,6 +16,7 @@ import pytest
 
 from hardening.harness import WWN, Daemon, make_config
 from restart.qemu10 import find_reconnecting_qemu
+from support.hostparts import require_host_part
 from vhostscsi.integrations.cli import run
 
 pytestmark = pytest.mark.guest
@@ -43,9 +44,7 @@ def _printed_args(config: Path, sockets: Path, version: tuple[int, ...], reconne
 
 @pytest.mark.parametrize("reconnect", [True, False], ids=["with-reconnect-ms", "without"])
 def test_qemu_reconnects_to_a_restarted_daemon_only_with_the_printed_option(tmp_path: Path, reconnect: bool) -> None:
-    qemu = find_reconnecting_qemu()
-    if isinstance(qemu, str):
-        pytest.fail(qemu)  # CI installs QEMU 10 (scripts/setup); its absence is a set-up defect, not a skip
+    qemu = require_host_part(find_reconnecting_qemu())
     config = make_config(tmp_path / "saveconfig.json", tmp_path / "disk0.img", 16 << 20)
     first = Daemon(tmp_path, config, extra_args=("-v",))
     vm = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from vhostscsi.scsi.result import ScsiResult, Status
 
-__all__ = ["fixed_sense", "check", "Reason"]
+__all__ = ["fixed_sense", "descriptor_sense", "check", "Reason"]
 
 NO_SENSE = 0x0
 NOT_READY = 0x2
@@ -35,6 +35,16 @@ def fixed_sense(key: int, asc: int, ascq: int, info: int | None = None) -> bytes
     if info is not None:
         buf[0] |= 0x80
         buf[3:7] = (info & 0xFFFFFFFF).to_bytes(4, "big")
+    return bytes(buf)
+
+
+def descriptor_sense(key: int, asc: int, ascq: int, info: int | None = None) -> bytes:
+    """Descriptor-format sense (72h) as scsi_build_sense_buffer: the 8-byte header, plus an INFORMATION
+    descriptor (scsi_set_sense_information) when there is an `info`."""
+    buf = bytearray((0x72, key, asc, ascq, 0, 0, 0, 0))
+    if info is not None:
+        buf += bytes((0x00, 0x0A, 0x80, 0x00)) + (info & (2**64 - 1)).to_bytes(8, "big")
+        buf[7] = 12
     return bytes(buf)
 
 
@@ -81,15 +91,8 @@ def to_descriptor(r: ScsiResult) -> ScsiResult:
     d = _DESC.get(r.sense)
     if d is None:
         f = r.sense
-        buf = bytearray(8)
-        buf[0] = 0x72
-        buf[1] = f[2] & 0x0F
-        buf[2] = f[12]
-        buf[3] = f[13]
-        if f[0] & 0x80:  # INFORMATION descriptor, as scsi_set_sense_information
-            buf += bytes([0x00, 0x0A, 0x80, 0x00, 0, 0, 0, 0]) + f[3:7]
-            buf[7] = 12
-        d = ScsiResult(r.status, bytes(buf), r.data_in_len)
+        info = int.from_bytes(f[3:7], "big") if f[0] & 0x80 else None  # VALID: INFORMATION is set
+        d = ScsiResult(r.status, descriptor_sense(f[2] & 0x0F, f[12], f[13], info), r.data_in_len)
         if len(_DESC) < 1024:
             _DESC[r.sense] = d
     return d

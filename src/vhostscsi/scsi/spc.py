@@ -16,7 +16,7 @@ from vhostscsi.scsi.common import admit, reply
 from vhostscsi.scsi.inquiry import standard_inquiry, vpd_page
 from vhostscsi.scsi.mode import current_page, mode_sense
 from vhostscsi.scsi.result import GOOD, ScsiResult
-from vhostscsi.scsi.sense import NO_SENSE, UNIT_ATTENTION, Reason, fixed_sense
+from vhostscsi.scsi.sense import NO_SENSE, UNIT_ATTENTION, Reason, descriptor_sense, fixed_sense
 
 if TYPE_CHECKING:
     from vhostscsi.scsi.port import LunEntry, TargetPort
@@ -54,10 +54,7 @@ def _test_unit_ready(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | m
 
 def sense_data(dev_desc: bool, key: int, asc: int, ascq: int) -> bytes:
     """REQUEST SENSE parameter data in the format the LUN uses (96-byte buffer as LIO)."""
-    if dev_desc:
-        data = bytes([0x72, key, asc, ascq, 0, 0, 0, 0])
-    else:
-        data = fixed_sense(key, asc, ascq)
+    data = descriptor_sense(key, asc, ascq) if dev_desc else fixed_sense(key, asc, ascq)
     return data.ljust(96, b"\x00")
 
 

@@ -55,6 +55,14 @@ class Backstore(abc.ABC):
     def write_zeroes(self, offset: int, length: int) -> None:
         """Make a range read back as zeros, allocating if the medium needs it."""
 
+    def native_io(self) -> tuple[object, ...] | None:
+        """How the C fast path (vhostscsi._native) may move data for this store itself: ("mem", writable
+        buffer) for memory, ("fd", fd, dsync_ok, align) for a file descriptor (pwritev2 with RWF_DSYNC for a
+        FUA write only if dsync_ok; offset and length multiples of align), or None: always through `readv` /
+        `writev`. Only plain full transfers are done natively; anything short or failed is redone through
+        `readv`/`writev`, which give the verdict. Asked per wake-up, so a closed store is never used."""
+        return None
+
     # --- management ------------------------------------------------------------------------
     @property
     def unmap_zeroes_data(self) -> bool:

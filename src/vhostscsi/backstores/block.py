@@ -77,6 +77,11 @@ class BlockBackstore(FdBackstore):
         """Discard does not promise zeros on a generic device; write_zeroes is the safe path."""
         return False
 
+    def native_io(self) -> tuple[object, ...] | None:
+        """preadv/pwritev on the O_DIRECT fd when offset and length are multiples of the device's alignment;
+        a buffer the kernel refuses (EINVAL) sends the request back to `readv`/`writev` and their bounce buffer."""
+        return None if self.closed else ("fd", self.fd, True, self.align)
+
     def _bounce(self, offset: int, length: int) -> tuple[int, mmap.mmap]:
         """An aligned buffer covering [offset, offset+length) rounded out to device blocks."""
         start = offset - offset % self.align

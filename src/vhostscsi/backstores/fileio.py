@@ -77,6 +77,11 @@ class FileIOBackstore(FdBackstore):
         flags = _RWF_DSYNC if fua and self.write_back else 0
         pwritev_full(self.fd, offset, bufs, self.name, flags)
 
+    def native_io(self) -> tuple[object, ...] | None:
+        """preadv/pwritev on the fd, RWF_DSYNC for FUA only with write_back (as `writev`); a read past the end
+        of a shorter file comes back short and is redone by `readv` (which zero-fills)."""
+        return None if self.closed else ("fd", self.fd, self.write_back, 1)
+
     def unmap(self, offset: int, length: int) -> None:
         """Punch a hole (file) or discard (block device); blocks read back as zeros."""
         self._check_writable("unmap")

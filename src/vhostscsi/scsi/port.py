@@ -252,6 +252,30 @@ class TargetPort:
             log.exception("SCSI core failed on CDB %s", bytes(cdb[:16]).hex())
             return Reason.LOGICAL_UNIT_COMMUNICATION_FAILURE
 
+    def fast_lun(self, nexus: str, lun_id: int) -> tuple[object, ...] | None:
+        """What the C path (vhostscsi._native through virtio.native) needs to run `execute_fast` itself for one
+        wake-up: (block_size, nblocks, read_only, fua_ok, write_through, io), io being the backstore's
+        `native_io()`; or None, and then every command to this LUN goes through `execute`.
+
+        None unless the LUN is quiet exactly as `execute_fast` judges it (asked again for every batch, never kept
+        across wake-ups), the backstore offers native I/O, and this port's class runs `execute` and
+        `execute_fast` unchanged: a subclass that overrides either must see every command.
+        """
+        cls = type(self)
+        if cls.execute is not TargetPort.execute or cls.execute_fast is not TargetPort.execute_fast:
+            return None
+        lun = self._luns.get(lun_id)
+        if lun is None or lun.ua or nexus not in self._nexuses:
+            return None
+        dev = lun.dev
+        if dev.offline is not None or dev.pr.active or not dev.nblocks:
+            return None
+        native_io = getattr(dev.backstore, "native_io", None)
+        io = native_io() if native_io is not None else None
+        if io is None:
+            return None
+        return (dev.block_size, dev.nblocks, lun.read_only or dev.readonly, dev.fua_ok, dev.write_through, io)
+
     @staticmethod
     def _sense_format(lun: LunEntry, r: ScsiResult) -> ScsiResult:
         """A CHECK CONDITION in descriptor format on a LUN of more than 2^32 blocks, as LIO."""

@@ -34,7 +34,7 @@ class InflightQueue:
     to run again, in the order they were taken.
     """
 
-    __slots__ = ("buf", "size", "_counter")
+    __slots__ = ("buf", "size", "counter")
 
     def __init__(self, buf: memoryview, size: int, features: int) -> None:
         if len(buf) < inflight_queue_bytes(size):
@@ -45,7 +45,8 @@ class InflightQueue:
         if version != 1 or desc_num != size:
             buf[: inflight_queue_bytes(size)] = bytes(inflight_queue_bytes(size))
             _INFLIGHT_HEADER.pack_into(buf, 0, features, 1, size, 0, 0)
-        self._counter = 1 + max(
+        # the order number the next popped head gets; public because the C path (virtio.native) carries it on
+        self.counter = 1 + max(
             (struct.unpack_from("<Q", buf, INFLIGHT_HEADER_SIZE + INFLIGHT_DESC_SIZE * i + 8)[0]
              for i in range(size)),
             default=0,
@@ -56,8 +57,8 @@ class InflightQueue:
 
     def record_pop(self, head: int) -> None:
         off = self._desc_off(head)
-        struct.pack_into("<Q", self.buf, off + 8, self._counter)
-        self._counter += 1
+        struct.pack_into("<Q", self.buf, off + 8, self.counter)
+        self.counter += 1
         self.buf[off] = 1
 
     def before_push(self, head: int) -> None:

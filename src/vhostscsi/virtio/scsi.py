@@ -17,6 +17,8 @@ import collections
 import struct
 from typing import Any, Mapping, Sequence
 
+from vhostscsi.scsi.port import TargetPort
+from vhostscsi.virtio import native
 from vhostscsi.virtio.virtqueue import Chain, SplitVirtqueue
 
 CDB_SIZE = 32
@@ -167,6 +169,8 @@ class VirtioScsi:
             return 0
         if index == EVENT_QUEUE:
             return self._deliver_events(vq)
+        if index != CONTROL_QUEUE and native.AVAILABLE:
+            return self._process_native(vq)
         # Chains as tuples; completions published with one used.idx store per batch.
         handle = self._control if index == CONTROL_QUEUE else self._command
         done = 0
@@ -178,6 +182,26 @@ class VirtioScsi:
                 done += len(batch)
             if vq.broken or not vq.enable_notifications():
                 return done
+
+    def _process_native(self, vq: SplitVirtqueue) -> int:
+        """`process` for a request queue with the C path (virtio.native): the same wake-up loop, with the quiet-LUN
+        READ/WRITE chains run in C and every other chain by `_command`, in ring order."""
+        done = 0
+        while True:
+            vq.disable_notifications()
+            done += native.drain(vq, self._fast_lun, self._command)
+            if vq.broken or not vq.enable_notifications():
+                return done
+
+    def _fast_lun(self, target: int, lun: int) -> tuple[object, ...] | None:
+        """The C path's question, once per (target, LUN) per batch: may it run READ/WRITE there itself, and how?
+        Only a real TargetPort answers (`TargetPort.fast_lun`); any other port object, e.g. a wrapper that
+        intercepts `execute`, gets every command through `_command`."""
+        port = self.ports.get(target)
+        if not isinstance(port, TargetPort):
+            return None
+        nexus = self.nexus.get(target, DEFAULT_NEXUS) if self.nexus is not None else DEFAULT_NEXUS
+        return port.fast_lun(nexus, lun)
 
     def resubmit(self, index: int, chains: Sequence[Chain]) -> int:
         """Run chains recovered from the in-flight area (taken by a previous process, never completed)."""

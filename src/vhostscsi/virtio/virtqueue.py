@@ -96,7 +96,7 @@ class SplitVirtqueue:
     __slots__ = (
         "memory", "size", "event_idx", "indirect", "last_avail_idx", "used_idx", "broken", "broken_reason",
         "_desc", "_avail", "_used", "_used_u32", "_mask", "_signalled_used", "_signalled_valid",
-        "_notifications_enabled", "inflight", "_fence",
+        "_notifications_enabled", "inflight", "_fence", "native",
     )
 
     def __init__(
@@ -136,7 +136,14 @@ class SplitVirtqueue:
         self._notifications_enabled = True
         self.inflight: InflightQueue | None = None
         self._fence = Fence()
+        self.native: object = None  # what virtio.native keeps per ring for the C path (built on first use)
         self.arm_event_idx()
+
+    def ring_bytes(self, which: str) -> memoryview:
+        """The descriptor table, avail ring or used ring ("desc", "avail", "used") as flat bytes: what the C path
+        (virtio.native) reads and writes, sized exactly as `ring_sizes` says."""
+        view = {"desc": self._desc, "avail": self._avail, "used": self._used}[which]
+        return view if view.format == "B" else view.cast("B")
 
     def arm_event_idx(self) -> None:
         """(EVENT_IDX) Ask for a kick on the next buffer. A previous back end may have left avail_event anywhere (it died

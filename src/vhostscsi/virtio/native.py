@@ -1,0 +1,78 @@
+"""The seam to `vhostscsi._native`, the C version of the request queues' quiet-LUN READ/WRITE path.
+
+Why a C piece at all: in CPython the pure-Python fast path costs ~3 us per request (memoryview slices, tuples,
+struct calls), about twice what the 350k requests per CPU-second bar allows (bench/FASTPATH.md). The C function
+does, for one wake-up, exactly what `pop_batch` + `VirtioScsi._command` + `TargetPort.execute_fast` + the
+backstore do for a READ/WRITE (10)/(16) on a quiet LUN, and stops at the first chain it is not sure about;
+Python pops and answers that chain with its own code, then hands the ring back. Every verdict other than
+"GOOD, all data moved" is Python's.
+
+`AVAILABLE` is False when the module is not built, or when the environment says `VHOSTSCSI_NATIVE=0` (read at
+import: the pure path for comparisons, benchmarks and the mutation harness). The pure-Python path is the
+reference the C path is tested against byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from vhostscsi.virtio.virtqueue import SplitVirtqueue
+
+try:
+    if os.environ.get("VHOSTSCSI_NATIVE", "1") == "0":
+        raise ImportError("VHOSTSCSI_NATIVE=0")
+    from vhostscsi import _native
+except ImportError:
+    _native = None
+
+AVAILABLE = _native is not None
+
+# resolve(target, lun) -> None or (block_size, nblocks, read_only, fua_ok, write_through, io); see TargetPort.fast_lun
+Resolver = Callable[[int, int], "tuple[Any, ...] | None"]
+# VirtioScsi._command: (out, in_, error) -> used length
+Handler = Callable[[list[memoryview], list[memoryview], "str | None"], int]
+
+
+def _context(vq: SplitVirtqueue) -> tuple[Any, ...]:
+    """What the C side needs of a ring, built once per ring (and again if in-flight tracking is attached).
+
+    The region views are slices of the regions' own views: they keep the mappings alive as long as the ring
+    object lives, as the ring's own views already do (memory.py's unmap copes: the mapping goes with the last
+    view). The C side holds buffer exports only for the duration of one call.
+    """
+    ctx = vq.native
+    inflight = vq.inflight
+    if ctx is not None and ctx[0] is inflight:
+        return ctx[1]  # type: ignore[no-any-return]
+    regions = tuple((r.gpa, r.buf[:]) for r in vq.memory.regions)
+    args = (vq.ring_bytes("desc"), vq.ring_bytes("avail"), vq.ring_bytes("used"), regions,
+            inflight.buf if inflight is not None else None, vq.size, vq.indirect)
+    vq.native = (inflight, args)
+    return args
+
+
+def drain(vq: SplitVirtqueue, resolve: Resolver, command: Handler) -> int:
+    """Everything available on request queue `vq` now, in ring order: C for what it takes, `command` (through the
+    general walker) for each chain it hands back. Returns completions pushed. Notifications are the caller's.
+    """
+    ctx = _context(vq)
+    native = _native.drain  # type: ignore[union-attr]
+    inflight = vq.inflight
+    done = 0
+    while not vq.broken:
+        counter = inflight.counter if inflight is not None else 0
+        last, used, counter, n, stopped = native(ctx, vq.last_avail_idx, vq.used_idx, counter, resolve)
+        vq.last_avail_idx = last
+        vq.used_idx = used
+        if inflight is not None:
+            inflight.counter = counter
+        done += n
+        if not stopped:
+            break
+        chain = vq.pop()  # the chain C left (or the ring damage it saw: pop breaks the ring with its reason)
+        if chain is None:
+            break
+        vq.push(chain.head, command(chain.out, chain.in_, chain.error))
+        done += 1
+    return done

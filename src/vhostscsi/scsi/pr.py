@@ -201,6 +201,27 @@ def check_reservation(pr: PrState, port: TargetPort, nexus: str, cdb: bytes | me
     return None
 
 
+# --- what every reservation command checks first -------------------------------------------------
+
+def _admit(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryview,
+           dout: Sequence[memoryview], din: Sequence[memoryview], size: int) -> ScsiResult | None:
+    """common.admit behind LIO's emulate_pr switch: with it off, every reservation command is an
+    unsupported opcode, whatever else is wrong with it."""
+    if not lun.dev.attrs.get("emulate_pr", 1):
+        return Reason.UNSUPPORTED_SCSI_OPCODE
+    return admit(port, lun, nexus, cdb, dout, din, size)
+
+
+def _admit_persistent(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryview,
+                      dout: Sequence[memoryview], din: Sequence[memoryview], size: int) -> ScsiResult | None:
+    """_admit for PERSISTENT RESERVE IN/OUT: while anyone holds a legacy SPC-2 reservation on the device,
+    LIO answers every PR command RESERVATION CONFLICT (target_scsi3_emulate_pr_in/out)."""
+    stop = _admit(port, lun, nexus, cdb, dout, din, size)
+    if stop is None and lun.dev.pr.spc2 is not None:
+        return Reason.RESERVATION_CONFLICT
+    return stop
+
+
 # --- SPC-2 RESERVE / RELEASE -----------------------------------------------------------------
 
 def _scsi2_vs_pr(pr: PrState, port: TargetPort, nexus: str) -> int:
@@ -218,14 +239,12 @@ def _scsi2_vs_pr(pr: PrState, port: TargetPort, nexus: str) -> int:
 def _reserve_release(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryview,
                      dout: Sequence[memoryview], din: Sequence[memoryview]) -> ScsiResult:
     """RESERVE/RELEASE (6)/(10): target_scsi2_reservation_reserve/release."""
-    dev = lun.dev
-    if not dev.attrs.get("emulate_pr", 1):
-        return Reason.UNSUPPORTED_SCSI_OPCODE
     code = cdb[0]
     size = ((cdb[7] << 8) | cdb[8]) if code in (op.RESERVE_10, op.RELEASE_10) else 0
-    stop = admit(port, lun, nexus, cdb, dout, din, size)
+    stop = _admit(port, lun, nexus, cdb, dout, din, size)
     if stop is not None:
         return stop
+    dev = lun.dev
     reserve = code in (op.RESERVE, op.RESERVE_10)
     if reserve and (cdb[1] & 0x01) and (cdb[1] & 0x02):
         return Reason.UNSUPPORTED_SCSI_OPCODE  # LongIO + obsolete bits
@@ -333,16 +352,11 @@ _PRI_MIN = {op.PRI_READ_KEYS: 8, op.PRI_READ_RESERVATION: 8, op.PRI_REPORT_CAPAB
 
 def _pr_in(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryview,
            dout: Sequence[memoryview], din: Sequence[memoryview]) -> ScsiResult:
-    dev = lun.dev
-    if not dev.attrs.get("emulate_pr", 1):
-        return Reason.UNSUPPORTED_SCSI_OPCODE
     alloc = (cdb[7] << 8) | cdb[8]
-    stop = admit(port, lun, nexus, cdb, dout, din, alloc)
+    stop = _admit_persistent(port, lun, nexus, cdb, dout, din, alloc)
     if stop is not None:
         return stop
-    pr = dev.pr
-    if pr.spc2 is not None:
-        return Reason.RESERVATION_CONFLICT
+    pr = lun.dev.pr
     sa = cdb[1] & 0x1F
     fn = _PRI.get(sa)
     if fn is None:
@@ -504,16 +518,12 @@ def _pro_preempt(pr: PrState, port: TargetPort, nexus: str, type_: int, scope: i
 
 def _pr_out(port: TargetPort, lun: LunEntry, nexus: str, cdb: bytes | memoryview,
             dout: Sequence[memoryview], din: Sequence[memoryview]) -> ScsiResult:
-    dev = lun.dev
-    if not dev.attrs.get("emulate_pr", 1):
-        return Reason.UNSUPPORTED_SCSI_OPCODE
     size = int.from_bytes(bytes(cdb[5:9]), "big")
-    stop = admit(port, lun, nexus, cdb, dout, din, size)
+    stop = _admit_persistent(port, lun, nexus, cdb, dout, din, size)
     if stop is not None:
         return stop
+    dev = lun.dev
     pr = dev.pr
-    if pr.spc2 is not None:
-        return Reason.RESERVATION_CONFLICT
     dl = total(dout) if dout else 0
     if dl < 24:
         return Reason.PARAMETER_LIST_LENGTH_ERROR

@@ -8,6 +8,7 @@ away before closing their disk, open a disk before a LUN points at it) are unit-
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from vhostscsi.config.model import Config, StorageObject
@@ -149,39 +150,44 @@ Step = RemoveLun | RemoveTpg | RemoveTarget | CloseDevice | OpenDevice | AddTarg
 
 
 def plan(old: DesiredState, new: DesiredState) -> list[Step]:
-    """Steps from ``old`` to ``new``: removals first (LUNs, TPGs, targets, disks), then opens, then adds."""
-    removes: list[Step] = []
-    adds: list[Step] = []
-    for wwn, old_t in old.targets.items():
-        new_t = new.targets.get(wwn)
-        for tag, old_tpg in old_t.tpgs.items():
-            new_tpg = new_t.tpgs.get(tag) if new_t else None
-            same_tpg = new_tpg is not None and new_tpg.nexus == old_tpg.nexus
-            for idx, old_lun in old_tpg.luns.items():
-                if not same_tpg or new_tpg.luns.get(idx) != old_lun:  # type: ignore[union-attr]
-                    removes.append(RemoveLun(wwn, tag, idx))
-            if not same_tpg:
-                removes.append(RemoveTpg(wwn, tag))
-        if new_t is None:
-            removes.append(RemoveTarget(wwn))
-    for path, old_d in old.devices.items():
-        new_d = new.devices.get(path)
-        if new_d is None or new_d.identity != old_d.identity:
-            removes.append(CloseDevice(path))
-    for path, new_d in new.devices.items():
-        old_d = old.devices.get(path)
-        if old_d is None or old_d.identity != new_d.identity:
-            adds.append(OpenDevice(path))
-    for wwn, new_t in new.targets.items():
-        old_t = old.targets.get(wwn)
-        if old_t is None:
-            adds.append(AddTarget(wwn))
-        for tag, new_tpg in new_t.tpgs.items():
-            old_tpg = old_t.tpgs.get(tag) if old_t else None
-            same_tpg = old_tpg is not None and old_tpg.nexus == new_tpg.nexus
-            if not same_tpg:
-                adds.append(AddTpg(wwn, tag))
-            for idx, new_lun in new_tpg.luns.items():
-                if not same_tpg or old_tpg.luns.get(idx) != new_lun:  # type: ignore[union-attr]
-                    adds.append(AddLun(wwn, tag, idx))
+    """Steps from ``old`` to ``new``: removals first (LUNs, TPGs, targets, disks), then opens, then adds.
+
+    What is added is what a plan from ``new`` back to ``old`` would remove, so both come from one walk:
+    removals children first, additions parents first.
+    """
+    removes: list[Step] = list(_departures(old, new, RemoveTarget, RemoveTpg, RemoveLun, parents_first=False))
+    removes += [CloseDevice(path) for path in _changed_devices(old, new)]
+    adds: list[Step] = [OpenDevice(path) for path in _changed_devices(new, old)]
+    adds += _departures(new, old, AddTarget, AddTpg, AddLun, parents_first=True)
     return removes + adds
+
+
+def _changed_devices(a: DesiredState, b: DesiredState) -> list[str]:
+    """The disks of ``a`` that ``b`` lacks or has with another identity (closed and reopened, never adjusted)."""
+    return [path for path, spec in a.devices.items()
+            if (other := b.devices.get(path)) is None or other.identity != spec.identity]
+
+
+def _departures(a: DesiredState, b: DesiredState, target_step: Callable[[str], Step],
+                tpg_step: Callable[[str, int], Step], lun_step: Callable[[str, int, int], Step],
+                parents_first: bool) -> Iterator[Step]:
+    """A step for each target, TPG and LUN of ``a`` that ``b`` lacks or has otherwise, in ``a``'s order.
+
+    A TPG whose nexus changed is another I_T nexus to the guest, so its LUNs all depart with it.
+    """
+    for wwn, target in a.targets.items():
+        gone = wwn not in b.targets
+        if parents_first and gone:
+            yield target_step(wwn)
+        for tag, tpg in target.tpgs.items():
+            other = None if gone else b.targets[wwn].tpgs.get(tag)
+            kept = other.luns if other is not None and other.nexus == tpg.nexus else None
+            if parents_first and kept is None:
+                yield tpg_step(wwn, tag)
+            for idx, lun in tpg.luns.items():
+                if kept is None or kept.get(idx) != lun:
+                    yield lun_step(wwn, tag, idx)
+            if not parents_first and kept is None:
+                yield tpg_step(wwn, tag)
+        if not parents_first and gone:
+            yield target_step(wwn)

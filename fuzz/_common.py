@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -18,15 +19,17 @@ CORPUS = Path(__file__).resolve().parent / "corpus"
 os.environ.setdefault("VHOSTSCSI_FUZZ_CASES", "1")  # the test modules are imported for their helpers only
 
 
+def hardening_module(name: str) -> Callable[[], ModuleType]:
+    """The `load` of a harness: tests/hardening/test_fuzz_<name>.py, whose helpers and checks it reuses. A loader,
+    not an import, so that a coverage-guided run imports it (and vhostscsi) inside atheris's instrumentation."""
+    return lambda: importlib.import_module(f"hardening.test_fuzz_{name}")
+
+
 def run(name: str, load: Callable[[], ModuleType], make: Callable[[ModuleType], Callable[[bytes], None]]) -> None:
     args = sys.argv[1:]
     corpus = CORPUS / name
     if args[:1] == ["--replay"]:
-        one_input = make(load())
-        files = sorted(corpus.iterdir())
-        for path in files:
-            one_input(path.read_bytes())
-        print(f"{name}: {len(files)} corpus inputs replayed")
+        print(f"{name}: {replay(name, make(load()))} corpus inputs replayed")
         return
     import atheris
 

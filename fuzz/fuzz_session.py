@@ -14,17 +14,14 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import run  # noqa: E402
+from _common import hardening_module, run  # noqa: E402
 
 
 MEMFD_REQUESTS = {5, 32, 37}
 EVENTFD_REQUESTS = {12, 13, 14}
 
 
-def load():
-    from hardening import test_fuzz_session as t
-
-    return t
+load = hardening_module("session")
 
 
 def make(t):

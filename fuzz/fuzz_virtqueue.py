@@ -8,14 +8,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import run  # noqa: E402
+from _common import hardening_module, run  # noqa: E402
 from bytes_random import BytesRandom  # noqa: E402
 
 
-def load():
-    from hardening import test_fuzz_virtqueue as t
-
-    return t
+load = hardening_module("virtqueue")
 
 
 def make(t):

@@ -11,10 +11,6 @@ a fileio object with the same content, so REPORT LUNS lists what LIO listed.
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,9 +21,9 @@ from conformance.lio_config import write_config
 from conformance.lio_setup import LUNS, TARGET_WWN
 from conformance.replay import DATA, load_capture
 from support.hostparts import missing_host_part
+from vhostscsi.engines.user.demo import qemu_args, start_daemon, stop_daemon
 from vhostscsi.engines.user.paths import socket_path
 from vhostscsi.guestkit import GuestImage, MissingHostPart, boot_guest, qemu_binary, sg3_utils
-from vhostscsi.integrations.qemu import memory_backend_args, parse_pci, user_device_args
 
 pytestmark = pytest.mark.guest
 
@@ -60,27 +56,13 @@ def test_guest_sees_lio_bytes_through_our_user_engine(tmp_path: Path) -> None:
         missing_host_part(str(exc))
     config, sockdir = tmp_path / "saveconfig.json", tmp_path / "run"
     write_config(config, tmp_path)
-    log = open(tmp_path / "serve.log", "wb")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "vhostscsi", "serve", "--config", str(config), "--socket-dir", str(sockdir)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
+    sock = socket_path(sockdir, TARGET_WWN)
+    # started, served and stopped as `vhostscsi demo` does it
+    daemon = start_daemon(config, sockdir, tmp_path / "serve.log", sock)
     try:
-        sock = socket_path(sockdir, TARGET_WWN)
-        deadline = time.monotonic() + 30
-        while not sock.exists():
-            assert daemon.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.05)
-        args = memory_backend_args("512M") + user_device_args(TARGET_WWN, sock, parse_pci(None, None))
-        console = boot_guest(img, args, timeout=600, workdir=tmp_path / "guest")
+        console = boot_guest(img, qemu_args(TARGET_WWN, sock), timeout=600, workdir=tmp_path / "guest")
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
-        log.close()
+        stop_daemon(daemon)
     ours = {r["name"]: r for r in sg_raw_results(console, E2E_CASES)}
     lio = {c["name"]: c for c in load_capture(DATA)["cases"]}
     diffs = []

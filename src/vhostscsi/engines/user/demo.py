@@ -110,6 +110,8 @@ def ensure_config(config: Path, workdir: Path, size: str) -> str:
 
 
 def start_daemon(config: Path, sockdir: Path, log_path: Path, sock: Path) -> subprocess.Popen[bytes]:
+    """`vhostscsi serve` in the background, logging to `log_path`, once its socket `sock` is there (a guest
+    started earlier would find nothing to connect to); DemoError with the log's tail if it never comes up."""
     cmd = ["vhostscsi", "serve", "--config", str(config), "--socket-dir", str(sockdir)]
     say("$ " + shlex.join(cmd) + " &")
     with open(log_path, "wb") as log:
@@ -124,6 +126,8 @@ def start_daemon(config: Path, sockdir: Path, log_path: Path, sock: Path) -> sub
 
 
 def stop_daemon(proc: subprocess.Popen[bytes]) -> int:
+    """Stop it as an admin would (SIGTERM: drain, flush, exit 0), killing it after 30 s; its exit status
+    (-9 when killed). Safe to call again."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -135,16 +139,23 @@ def stop_daemon(proc: subprocess.Popen[bytes]) -> int:
     return proc.returncode
 
 
+def qemu_args(wwn: str, sock: Path) -> list[str]:
+    """What a guest of the user engine adds to QEMU's command line: shared guest RAM (the daemon maps it) and a
+    vhost-user-scsi-pci on the target's socket, as `vhostscsi qemu-args --engine user` prints them."""
+    from vhostscsi.integrations.qemu import memory_backend_args, parse_pci, user_device_args
+
+    return memory_backend_args("512M") + user_device_args(wwn, sock, parse_pci(None, None))
+
+
 def run_guest(wwn: str, sock: Path, workdir: Path, timeout: float) -> str:
     from vhostscsi.guestkit import VIRTIO_SCSI_MODULES, GuestError, GuestImage, GuestkitError, boot_guest
-    from vhostscsi.integrations.qemu import memory_backend_args, parse_pci, user_device_args
 
     try:
         img = GuestImage.build(extra_binaries=["/usr/bin/lsscsi"], modules=VIRTIO_SCSI_MODULES,
                                init_script=GUEST_SCRIPT)
     except GuestkitError as e:
         raise DemoError(f"cannot build the guest: {e}") from None
-    args = memory_backend_args("512M") + user_device_args(wwn, sock, parse_pci(None, None))
+    args = qemu_args(wwn, sock)
     say("$ qemu-system-x86_64 -accel tcg -smp 1 -m 512 -kernel ... -initrd ... " + shlex.join(args))
     try:
         return boot_guest(img, args, timeout=timeout, workdir=workdir / "guest")

@@ -61,18 +61,29 @@ def _parse(console: str) -> dict[str, dict[str, float]]:
     return out
 
 
-def run_ours(img: GuestImage, wwn: str, sock: Path, lun: int, seconds: int, workdir: Path) -> dict[str, dict[str, float]]:
+def ours_args(wwn: str, sock: Path, extra_device: str = "") -> list[str]:
+    """Our side's QEMU arguments: what `vhostscsi qemu-args` prints (``extra_device``: ``,prop=value`` to try)."""
     args = memory_backend_args("512M") + user_device_args(wwn, sock, parse_pci(None, None))
-    return _boot(img, args, lun, seconds, workdir / "guest-ours")
+    if extra_device:
+        args[-1] += extra_device
+    return args
 
 
-def run_builtin(img: GuestImage, image_file: Path, seconds: int, workdir: Path) -> dict[str, dict[str, float]]:
-    args = memory_backend_args("512M") + [
+def builtin_args(image_file: Path) -> list[str]:
+    """QEMU's own virtio-scsi + scsi-hd on the same file, with QEMU's defaults (what a user gets without us)."""
+    return memory_backend_args("512M") + [
         "-drive", f"file={image_file},if=none,id=d0,format=raw,cache=writeback,aio=threads",
         "-device", "virtio-scsi-pci,id=scsi0",
         "-device", "scsi-hd,drive=d0,bus=scsi0.0,channel=0,scsi-id=0,lun=0",
     ]
-    return _boot(img, args, 0, seconds, workdir / "guest-qemu")
+
+
+def run_ours(img: GuestImage, wwn: str, sock: Path, lun: int, seconds: int, workdir: Path) -> dict[str, dict[str, float]]:
+    return _boot(img, ours_args(wwn, sock), lun, seconds, workdir / "guest-ours")
+
+
+def run_builtin(img: GuestImage, image_file: Path, seconds: int, workdir: Path) -> dict[str, dict[str, float]]:
+    return _boot(img, builtin_args(image_file), 0, seconds, workdir / "guest-qemu")
 
 
 def _boot(img: GuestImage, args: list[str], lun: int, seconds: int, workdir: Path) -> dict[str, dict[str, float]]:

@@ -1,0 +1,383 @@
+"""Counts, not timings: where a TCG guest's time goes with our daemon and with QEMU's built-in virtio-scsi.
+
+    cd bench && python3 guest_counts.py                      # builtin, ours, ours, builtin (A B B A), 8 s per job
+    python3 bench/guest_counts.py --sides builtin ours --rounds 1 --seconds 5 --json /tmp/c.json
+
+Each boot runs the same fio jobs as bench/guest.py (4 KiB randread QD1 psync, randread QD16 and randwrite QD16
+libaio, --direct=1; no ramp, so fio's I/O count and the counters cover the same window) and records:
+
+- in the guest, once: every virtio device's negotiated feature bits, the SCSI host's can_queue (the request
+  virtqueue's size: virtio_scsi sets it from the vring), cmd_per_lun, sg_tablesize, the disk's queue limits
+  (nr_requests, scheduler, max_sectors_kb, ...), its queue_depth, and the device's MSI-X vectors;
+- in the guest, around each job: /proc/interrupts (the device's vectors), /proc/stat (the vCPU's busy / idle /
+  iowait split), /proc/softirqs, the disk's /sys/block/sdX/stat, and fio's own slat/clat/lat means and CPU;
+- on the host, around each job (the console markers are polled every 10 ms): per thread of QEMU and of the
+  daemon, CPU time and run-queue wait (schedstat), voluntary and involuntary context switches, and read/write
+  system calls (/proc/<pid>/task/<tid>/io syscr/syscw). The daemon's reads are its kick-eventfd reads plus its
+  preadv calls, its writes its call-eventfd writes plus its pwritev calls; QEMU's vCPU thread's writes are the
+  guest's kicks turned into ioeventfd writes (TCG has no in-kernel ioeventfd: QEMU's memory core writes it).
+
+Everything is printed per request (divided by fio's I/O count). `--sides` picks set-ups from SIDES: the
+builtin device as bench/guest.py boots it, our daemon as `vhostscsi qemu-args` prints it, and variants used
+to test a hypothesis (see bench/README.md, "In-guest gap"). Runs from a checkout with the package installed
+(`pip install -e .`), needs qemu-system-x86_64 and fio; backing file and daemon in a fresh /dev/shm directory,
+every process stopped by pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import backends as b  # noqa: E402
+import guest as g  # noqa: E402
+
+from vhostscsi.guestkit import DEFAULT_APPEND, VIRTIO_SCSI_MODULES, GuestImage, start_guest  # noqa: E402
+
+MARK = "VHOSTSCSI-COUNTS"
+JOBS = ["randread 4k 1 psync", "randread 4k 16 libaio", "randwrite 4k 16 libaio"]
+
+GUEST_SCRIPT = r"""
+LUN=$(sed -n 's/.*benchlun=\([0-9]*\).*/\1/p' /proc/cmdline)
+SECS=$(sed -n 's/.*benchsecs=\([0-9]*\).*/\1/p' /proc/cmdline)
+DEV=
+for d in /sys/block/sd*; do
+  for s in "$d"/device/scsi_device/*; do
+    case "${s##*/}" in *:"$LUN") DEV=${d##*/};; esac
+  done
+done
+[ -n "$DEV" ] || { echo "no disk with LUN $LUN"; ls /sys/block; exit 1; }
+HOST=$(ls -d /sys/block/$DEV/device/../../../host* 2>/dev/null | head -1)
+HOST=${HOST##*/}
+echo "%(mark)s-SETTINGS-BEGIN"
+echo "disk $DEV $HOST"
+for v in /sys/bus/virtio/devices/*; do
+  echo "virtio ${v##*/} device=$(cat $v/device) features=$(cat $v/features)"
+done
+for a in can_queue cmd_per_lun sg_tablesize host_busy; do
+  echo "scsi_host $a $(cat /sys/class/scsi_host/$HOST/$a 2>/dev/null)"
+done
+for a in nr_requests scheduler max_sectors_kb max_hw_sectors_kb max_segments max_segment_size rotational \
+         nomerges rq_affinity add_random read_ahead_kb logical_block_size optimal_io_size write_cache io_poll; do
+  echo "queue $a $(cat /sys/block/$DEV/queue/$a 2>/dev/null)"
+done
+for a in queue_depth queue_type; do echo "device $a $(cat /sys/block/$DEV/device/$a 2>/dev/null)"; done
+echo "mq $(ls /sys/block/$DEV/mq | wc -l)"
+grep -E 'virtio|CPU' /proc/interrupts
+echo "%(mark)s-SETTINGS-END"
+snap() {
+  echo "--interrupts"; cat /proc/interrupts
+  echo "--stat"; head -1 /proc/stat; grep -E '^(intr|ctxt)' /proc/stat | cut -c1-40
+  echo "--softirqs"; cat /proc/softirqs
+  echo "--disk"; cat /sys/block/$DEV/stat
+  echo "--end"
+}
+for spec in %(jobs)s; do
+  set -- $(echo $spec | tr _ ' ')
+  echo "%(mark)s-BEGIN $1-$2-qd$3"
+  snap
+  /usr/bin/fio --name=g --filename=/dev/$DEV --direct=1 --rw=$1 --bs=$2 --iodepth=$3 --ioengine=$4 \
+      --time_based --runtime=${SECS}s --norandommap --randrepeat=0 --output-format=json > /tmp/fio.json
+  echo "%(mark)s-AFTER"
+  snap
+  cat /tmp/fio.json
+  echo "%(mark)s-END"
+done
+""" % {"mark": MARK, "jobs": " ".join(j.replace(" ", "_") for j in JOBS)}
+
+
+def image() -> GuestImage:
+    return GuestImage.build(extra_binaries=["/usr/bin/fio"], modules=VIRTIO_SCSI_MODULES, init_script=GUEST_SCRIPT)
+
+
+# ---- host side: per-thread counters -------------------------------------------------------------------------
+def threads(pid: int) -> dict[str, dict[str, int]]:
+    """Per thread of `pid`, keyed 'comm/tid': run ns, run-queue wait ns, voluntary/involuntary switches, syscr/syscw."""
+    out: dict[str, dict[str, int]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        base = f"/proc/{pid}/task/{tid}"
+        try:
+            comm = Path(f"{base}/comm").read_text().strip()
+            run, wait, _ = (int(x) for x in Path(f"{base}/schedstat").read_text().split())
+            st = dict(line.split(":", 1) for line in Path(f"{base}/status").read_text().splitlines() if ":" in line)
+            io = dict(line.split(": ", 1) for line in Path(f"{base}/io").read_text().splitlines())
+        except (OSError, ValueError):
+            continue
+        out[f"{comm}/{tid}"] = {"run_ns": run, "wait_ns": wait,
+                                "vcsw": int(st["voluntary_ctxt_switches"]), "ivcsw": int(st["nonvoluntary_ctxt_switches"]),
+                                "syscr": int(io["syscr"]), "syscw": int(io["syscw"])}
+    return out
+
+
+_JIT_KEYS = ("TB count", "TB flush count", "TB invalidate count", "TLB full flushes", "TLB partial flushes",
+             "TLB elided flushes")
+
+
+def jit(qmp: Any) -> dict[str, int]:
+    """TCG's own counters (HMP `info jit`): translated blocks, TB flushes and invalidations, TLB flushes."""
+    if qmp is None:
+        return {}
+    try:
+        text = qmp.hmp("info jit")
+    except Exception:  # noqa: BLE001 - a counter we cannot read is left out, never fatal
+        return {}
+    out = {}
+    for key in _JIT_KEYS:
+        m = re.search(rf"^{re.escape(key)}\s+(\d+)", text, re.M)
+        if m:
+            out[key] = int(m.group(1))
+    return out
+
+
+def host_cpu() -> list[int]:
+    return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+
+
+def thread_role(name: str) -> str:
+    comm = name.split("/")[0]
+    if "TCG" in comm or comm.startswith("CPU "):
+        return "vcpu"
+    if comm.startswith("qemu-system") or comm.startswith("qemu"):
+        return "main"
+    if comm == "worker":
+        return "workers"
+    return comm.replace(" ", "_")
+
+
+def host_delta(before: dict[str, dict[str, dict[str, int]]], after: dict[str, dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
+    """Per process and role (QEMU: vcpu, main, workers, ...; daemon: daemon), the sum over its threads of after - before."""
+    out: dict[str, dict[str, int]] = {}
+    for proc, ts in after.items():
+        for name, a in ts.items():
+            bb = before.get(proc, {}).get(name, {k: 0 for k in a})
+            role = proc if proc in ("daemon", "self") else f"qemu.{thread_role(name)}"
+            acc = out.setdefault(role, {k: 0 for k in a})
+            for k in a:
+                acc[k] += a[k] - bb.get(k, 0)
+    return out
+
+
+# ---- guest side: parse the snapshots --------------------------------------------------------------------------
+def _snap(text: str) -> dict[str, Any]:
+    parts = dict(re.findall(r"--(\w+)\n(.*?)(?=\n--\w+\n|\Z)", text, re.S))
+    irq: dict[str, int] = {}
+    for line in parts.get("interrupts", "").splitlines()[1:]:
+        f = line.split()
+        if len(f) >= 2 and f[1].isdigit():
+            label = f[0].rstrip(":") + (" " + f[-1] if not f[0].rstrip(":").isalpha() else "")
+            irq[label] = int(f[1])
+    stat = parts.get("stat", "").splitlines()
+    cpu = [int(x) for x in stat[0].split()[1:]] if stat else []
+    misc = {ln.split()[0]: int(ln.split()[1]) for ln in stat[1:] if len(ln.split()) > 1}
+    soft = {}
+    for line in parts.get("softirqs", "").splitlines()[1:]:
+        f = line.split()
+        if len(f) >= 2:
+            soft[f[0].rstrip(":")] = int(f[1])
+    disk = [int(x) for x in parts.get("disk", "").split()]
+    return {"irq": irq, "cpu": cpu, "misc": misc, "softirqs": soft, "disk": disk}
+
+
+def _guest_delta(a: dict[str, Any], b_: dict[str, Any]) -> dict[str, Any]:
+    irq = {k: b_["irq"][k] - a["irq"].get(k, 0) for k in b_["irq"] if b_["irq"][k] - a["irq"].get(k, 0)}
+    names = ["user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"]
+    cpu = dict(zip(names, (y - x for x, y in zip(a["cpu"], b_["cpu"]))))
+    total = sum(cpu.values()) or 1
+    soft = {k: b_["softirqs"][k] - a["softirqs"].get(k, 0) for k in b_["softirqs"]
+            if b_["softirqs"][k] - a["softirqs"].get(k, 0)}
+    # /sys/block/X/stat: reads, read merges, sectors, ticks, writes, write merges, sectors, ticks, in_flight, io_ticks, time_in_queue
+    d = [y - x for x, y in zip(a["disk"], b_["disk"])]
+    return {"irq": irq, "cpu_pct": {k: round(100 * v / total, 1) for k, v in cpu.items()},
+            "guest_ctxt": b_["misc"].get("ctxt", 0) - a["misc"].get("ctxt", 0),
+            "guest_intr": b_["misc"].get("intr", 0) - a["misc"].get("intr", 0),
+            "softirqs": soft, "disk_ios": (d[0] + d[4]) if len(d) > 4 else 0,
+            "disk_merges": (d[1] + d[5]) if len(d) > 5 else 0}
+
+
+def _fio(text: str) -> dict[str, Any]:
+    job = json.loads(text[text.find("{"):text.rfind("}") + 1])["jobs"][0]
+    side = job["write"] if job["write"]["total_ios"] else job["read"]
+    mean = lambda k: round(side.get(k, {}).get("mean", 0) / 1000, 1)  # noqa: E731
+    return {"ios": side["total_ios"], "iops": round(side["iops"], 1), "slat_us": mean("slat_ns"),
+            "clat_us": mean("clat_ns"), "lat_us": mean("lat_ns"), "usr_cpu": round(job["usr_cpu"], 1),
+            "sys_cpu": round(job["sys_cpu"], 1), "fio_ctx": job["ctx"]}
+
+
+# ---- the set-ups compared ---------------------------------------------------------------------------------------
+def _ours(extra_device: str = "", poll_us: float | None = None) -> dict[str, Any]:
+    return {"kind": "ours", "extra_device": extra_device, "poll_us": poll_us}
+
+
+SIDES: dict[str, dict[str, Any]] = {
+    "builtin": {"kind": "builtin"},
+    "ours": _ours(),
+    "ours-poll50": _ours(poll_us=50),
+}
+
+
+def boot(side: str, img: GuestImage, image_file: Path, work: Path, seconds: int, sockdir: Path, size: int,
+         say: Callable[[str], None]) -> dict[str, Any]:
+    spec = SIDES[side]
+    daemon = None
+    procs: dict[str, int] = {}
+    try:
+        if spec["kind"] == "ours":
+            daemon = b.OurDaemon(work, image_file, size, sockdir, poll_us=spec["poll_us"])
+            args = g.ours_args(b.WWN, daemon.socket, spec["extra_device"])
+            lun = b.FILEIO_LUN
+            procs["daemon"] = daemon.pid
+        else:
+            args = g.builtin_args(image_file)
+            lun = 0
+        wd = work / f"counts-{side}"
+        args = [*args, "-name", f"counts-{side},debug-threads=on"]  # thread names: CPU 0/TCG, worker, ...
+        gst = start_guest(img, args, workdir=wd, append=f"{DEFAULT_APPEND} benchlun={lun} benchsecs={seconds}")
+        procs["qemu"] = gst.proc.pid
+        snaps: dict[str, tuple[Any, ...]] = {}
+        deadline = time.monotonic() + 120 + 6 * seconds * len(JOBS)
+        seen = 0
+        qmp = None
+        with gst:
+            while True:
+                if qmp is None and gst.qmp_path.exists():
+                    try:
+                        qmp = gst.qmp()
+                    except OSError:
+                        qmp = None
+                text = gst.console()
+                marks = re.findall(rf"{MARK}-(BEGIN \S+|AFTER)\n", text)
+                while seen < len(marks):  # a marker just appeared: snapshot the host now
+                    snaps[f"{seen}"] = ({**{p: threads(pid) for p, pid in procs.items()}, "self": threads(os.getpid())},
+                                        host_cpu(), time.monotonic(), jit(qmp))
+                    seen += 1
+                if gst.proc.poll() is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+            if qmp is not None:
+                qmp.close()
+            text = gst.wait(10)
+        if gst.proc.returncode not in (0, None) or f"{MARK}-SETTINGS-END" not in text:
+            raise RuntimeError(f"{side}: guest failed:\n{text[-3000:]}")
+        settings = text.split(f"{MARK}-SETTINGS-BEGIN\n", 1)[1].split(f"{MARK}-SETTINGS-END", 1)[0]
+        out: dict[str, Any] = {"settings": settings.strip().splitlines(), "jobs": {}}
+        for i, (name, body) in enumerate(re.findall(rf"{MARK}-BEGIN (\S+)\n(.*?){MARK}-END", text, re.S)):
+            pre, post = body.split(f"{MARK}-AFTER\n", 1)
+            post_snap, fio_text = post.split("--end\n", 1)
+            fio = _fio(fio_text)
+            gd = _guest_delta(_snap(pre), _snap(post_snap + "--end\n"))
+            h0, c0, t0, j0 = snaps[str(2 * i)]
+            h1, c1, t1, j1 = snaps[str(2 * i + 1)]
+            hd = host_delta(h0, h1)
+            hc = [y - x for x, y in zip(c0, c1)]
+            tot = sum(hc) or 1
+            out["jobs"][name] = {"fio": fio, "guest": gd, "host": hd, "host_wall_s": round(t1 - t0, 3),
+                                 "jit": {k: j1[k] - j0.get(k, 0) for k in j1},
+                                 "host_idle_pct": round(100 * (hc[3] + hc[4]) / tot, 1),
+                                 "host_steal_pct": round(100 * hc[7] / tot, 1) if len(hc) > 7 else 0.0,
+                                 "host_busy_cores": round((tot - hc[3] - hc[4] - (hc[7] if len(hc) > 7 else 0))
+                                                          / tot * (os.cpu_count() or 1), 2)}
+            say(f"  {side} {name}: {fio['iops']:,.0f} IOPS")
+        return out
+    finally:
+        if daemon is not None:
+            daemon.stop()
+
+
+def per_request(job: dict[str, Any]) -> dict[str, float]:
+    """The counters of one job divided by fio's I/O count (and a few shares)."""
+    n = job["fio"]["ios"] or 1
+    gd, hd = job["guest"], job["host"]
+    req_irq = sum(v for k, v in gd["irq"].items() if "virtio" in k and ("request" in k or "req" in k))
+    out: dict[str, float] = {
+        "iops": job["fio"]["iops"],
+        "guest busy %": round(100 - gd["cpu_pct"]["idle"] - gd["cpu_pct"]["iowait"], 1),
+        "guest idle+iowait %": round(gd["cpu_pct"]["idle"] + gd["cpu_pct"]["iowait"], 1),
+        "guest irq+softirq %": round(gd["cpu_pct"]["irq"] + gd["cpu_pct"]["softirq"], 1),
+        "req-queue irqs/IO": round(req_irq / n, 3),
+        "all guest irqs/IO": round(gd["guest_intr"] / n, 3),
+        "guest ctxt/IO": round(gd["guest_ctxt"] / n, 3),
+        "disk ios/fio IO": round(gd["disk_ios"] / n, 3),
+        "slat us": job["fio"]["slat_us"], "clat us": job["fio"]["clat_us"], "lat us": job["fio"]["lat_us"],
+        "host idle %": job["host_idle_pct"],
+        "host steal %": job.get("host_steal_pct", 0.0),
+        "host busy cores": job.get("host_busy_cores", 0.0),
+    }
+    for k, v in job.get("jit", {}).items():
+        out[f"tcg {k}/IO"] = round(v / n, 4)
+    for role, c in sorted(hd.items()):
+        if not any(c.values()):
+            continue
+        out[f"{role} cpu us/IO"] = round(c["run_ns"] / 1000 / n, 1)
+        out[f"{role} rq-wait us/IO"] = round(c["wait_ns"] / 1000 / n, 1)
+        out[f"{role} vcsw/IO"] = round(c["vcsw"] / n, 3)
+        out[f"{role} ivcsw/IO"] = round(c["ivcsw"] / n, 3)
+        out[f"{role} reads/IO"] = round(c["syscr"] / n, 3)
+        out[f"{role} writes/IO"] = round(c["syscw"] / n, 3)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sides", nargs="+", default=["builtin", "ours"], choices=sorted(SIDES))
+    ap.add_argument("--rounds", type=int, default=2, help="boots per side, alternated A B B A")
+    ap.add_argument("--seconds", type=int, default=8, help="seconds per fio job")
+    ap.add_argument("--size", type=int, default=256 << 20)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    def say(s: str) -> None:
+        print(s, flush=True)
+
+    work = Path(tempfile.mkdtemp(prefix="vhostscsi-counts-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+    sockdir = Path(tempfile.mkdtemp(prefix="vsc-"))
+    image_file = work / "disk0.img"
+    b.make_backing_file(image_file, args.size)
+    img = image()
+    say(f"guest counts: sides {args.sides}, {args.rounds} rounds, {args.seconds} s per job, load {os.getloadavg()}")
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in args.sides}
+    try:
+        for r in range(args.rounds):
+            for side in (args.sides if r % 2 == 0 else args.sides[::-1]):
+                runs[side].append(boot(side, img, image_file, work, args.seconds, sockdir, args.size, say))
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(sockdir, ignore_errors=True)
+    for side in args.sides:
+        say(f"\n== {side}: settings (first boot)")
+        for line in runs[side][0]["settings"]:
+            say(f"  {line}")
+    jobs = list(runs[args.sides[0]][0]["jobs"])
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for job in jobs:
+        rows = {s: [per_request(run["jobs"][job]) for run in runs[s]] for s in args.sides}
+        keys = list(dict.fromkeys(k for s in args.sides for row in rows[s] for k in row))
+        say(f"\n== {job} (per fio I/O; one column per boot)")
+        say(f"  {'':<28}" + "".join(f"{s + ' #' + str(i + 1):>16}" for s in args.sides for i in range(len(rows[s]))))
+        for k in keys:
+            say(f"  {k:<28}" + "".join(f"{row.get(k, ''):>16}" for s in args.sides for row in rows[s]))
+        summary[job] = {s: {k: round(sum(r.get(k, 0) for r in rows[s]) / len(rows[s]), 3) for k in keys}
+                        for s in args.sides}
+    say(f"\nload {os.getloadavg()}")
+    if args.json:
+        args.json.write_text(json.dumps({"argv": sys.argv, "summary": summary, "runs": runs}, indent=1))
+        say(f"written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from support.hostparts import missing_host_part
+
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "bench" / "run.py"
 sys.path.insert(0, str(ROOT / "bench"))
@@ -90,9 +92,9 @@ def test_guest_part_runs(tmp_path: Path) -> None:
     try:
         find_kernel()
     except MissingHostPart as e:
-        pytest.skip(str(e))
+        missing_host_part(str(e))
     if not shutil.which("fio"):
-        pytest.skip("fio is not installed (the guest runs the host's fio)")
+        missing_host_part("fio is not installed (the guest runs the host's fio): run scripts/setup")
     data, stdout = _run(tmp_path, "--guest", "yes", "--guest-seconds", "1", "--guest-rounds", "1", "--no-qsd", "--queues", "1",
                         timeout=900)
     g = data["guest"]

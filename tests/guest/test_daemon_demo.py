@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from support.hostparts import missing_host_part
+
 from vhostscsi.config.store import load_config
 from vhostscsi.guestkit import MissingHostPart, find_kernel, qemu_binary
 
@@ -25,7 +27,7 @@ def test_demo_creates_serves_boots_and_stops_cleanly(tmp_path: Path) -> None:
         qemu_binary()
         find_kernel()
     except MissingHostPart as e:
-        pytest.skip(str(e))
+        missing_host_part(str(e))
     first = demo(tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     out = first.stdout

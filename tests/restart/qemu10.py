@@ -42,7 +42,7 @@ def candidates() -> list[str]:
 
 
 def find_reconnecting_qemu() -> Qemu | str:
-    """The first candidate that is QEMU 8.2 or later, or the reason there is none (a skip message)."""
+    """The first candidate that is QEMU 8.2 or later, or why there is none (for support.hostparts.require_host_part)."""
     seen = []
     for binary in candidates():
         version = qemu_version(binary)

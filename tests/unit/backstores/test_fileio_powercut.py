@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from support.hostparts import missing_host_part
+
 from vhostscsi.guestkit import (
     HOST_ROOT,
     HOST_ROOT_MODULES,
@@ -81,7 +83,7 @@ def test_synced_writes_survive_power_cut_unsynced_do_not(tmp_path: Path) -> None
         qemu_binary()
         kernel = find_kernel(needs=["9p", "ext4", "virtio_blk"])  # 9p: the host's Python in the guest
     except MissingHostPart as exc:
-        pytest.skip(str(exc))
+        missing_host_part(str(exc))
     files = tmp_path / "files"
     files.mkdir()
     for mode in MODES:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from support.hostparts import missing_host_part
+
 from vhostscsi.guestkit import (
     VIRTIO_SCSI_MODULES,
     GuestError,
@@ -41,7 +43,7 @@ def image() -> GuestImage:
             ),
         )
     except MissingHostPart as exc:
-        pytest.skip(str(exc))
+        missing_host_part(str(exc))
 
 
 def test_qemu_scsi_hd_shows_up_in_guest(image: GuestImage, tmp_path: Path) -> None:
@@ -95,7 +97,7 @@ def test_kernel_panic_is_an_error_not_a_clean_exit(tmp_path: Path) -> None:
         qemu_binary()
         img = GuestImage.build(None, init_script="echo 1 > /proc/sys/kernel/sysrq\necho c > /proc/sysrq-trigger\n")
     except MissingHostPart as exc:
-        pytest.skip(str(exc))
+        missing_host_part(str(exc))
     with pytest.raises(GuestError, match="kernel panic or crash") as info:
         boot_guest(img, timeout=120, workdir=tmp_path)  # DEFAULT_APPEND: quiet, loglevel=0
     assert "GUESTKIT-EXIT" not in info.value.console

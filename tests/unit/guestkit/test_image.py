@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from support.hostparts import missing_host_part
+
 from vhostscsi.guestkit import GuestImage, GuestkitError, MissingHostPart, find_kernel
 
 pytestmark = pytest.mark.skipif(
@@ -30,7 +32,7 @@ def kernel_ok() -> None:
     try:
         find_kernel()
     except MissingHostPart as exc:
-        pytest.skip(str(exc))
+        missing_host_part(str(exc))
 
 
 def test_image_contents(tmp_path: Path, kernel_ok: None) -> None:

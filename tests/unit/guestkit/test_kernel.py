@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from support.hostparts import missing_host_part
+
 from vhostscsi.guestkit.kernel import GuestkitError, MissingHostPart, Kernel, find_kernel, module_bytes, resolve_modules
 from vhostscsi.guestkit.snippets import VIRTIO_SCSI_MODULES
 
@@ -77,7 +79,7 @@ def test_installed_cloud_kernel_virtio_scsi_order() -> None:
     try:
         k = find_kernel()
     except MissingHostPart as exc:
-        pytest.skip(str(exc))
+        missing_host_part(str(exc))
     if "cloud" not in k.version:
         pytest.skip(f"the order below is the cloud kernel's; found {k.version}")
     names = [Path(p).name.removesuffix(".ko") for p in resolve_modules(k, VIRTIO_SCSI_MODULES)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
+from vhostscsi.virtio.inflight import InflightQueue
 from vhostscsi.virtio.virtqueue import SplitVirtqueue
 
 try:
@@ -32,6 +33,23 @@ AVAILABLE = _native is not None
 Resolver = Callable[[int, int], "tuple[Any, ...] | None"]
 # VirtioScsi._command: (out, in_, error) -> used length
 Handler = Callable[[list[memoryview], list[memoryview], "str | None"], int]
+
+
+# The in-flight bookkeeping the C side reproduces byte for byte; if these are replaced (a subclass, a test or a
+# mutant that patches them), it no longer would, and that ring stays on the Python path.
+_INFLIGHT_METHODS = (InflightQueue.record_pop, InflightQueue.before_push, InflightQueue.after_push)
+
+
+def _inflight_reproducible(inflight: InflightQueue | None) -> bool:
+    if inflight is None:
+        return True
+    cls = type(inflight)
+    return (cls.record_pop, cls.before_push, cls.after_push) == _INFLIGHT_METHODS
+
+
+def usable(vq: SplitVirtqueue) -> bool:
+    """Whether the C path may serve this ring now (module built and wanted, in-flight bookkeeping unchanged)."""
+    return AVAILABLE and _inflight_reproducible(vq.inflight)
 
 
 def _context(vq: SplitVirtqueue) -> tuple[Any, ...]:

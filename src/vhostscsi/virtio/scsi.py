@@ -169,7 +169,7 @@ class VirtioScsi:
             return 0
         if index == EVENT_QUEUE:
             return self._deliver_events(vq)
-        if index != CONTROL_QUEUE and native.AVAILABLE:
+        if index != CONTROL_QUEUE and native.usable(vq):
             return self._process_native(vq)
         # Chains as tuples; completions published with one used.idx store per batch.
         handle = self._control if index == CONTROL_QUEUE else self._command

@@ -18,6 +18,8 @@ from vhostscsi.virtio import scsi as vs
 from vhostscsi.virtio.scsi import VirtioScsi, lun_bytes
 from vhostscsi.virtio.virtqueue import SplitVirtqueue
 
+pytestmark = pytest.mark.usefixtures("both_paths")  # the C request-queue path and the pure one (conftest.py)
+
 PAGE = 4096
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,8 @@ from vhostscsi.scsi import Device, TargetPort
 from vhostscsi.virtio import scsi as vs
 from vhostscsi.virtio.scsi import VirtioScsi, lun_bytes
 from vhostscsi.virtio.virtqueue import SplitVirtqueue
+
+pytestmark = pytest.mark.usefixtures("both_paths")  # the C request-queue path and the pure one (conftest.py)
 
 PAGE = 4096
 BLOCKS = 64

@@ -4,6 +4,11 @@
 
 Used by hand (and by the harness when HARDENING_MUTANT is set): break the code under test, see the test go red.
 Never used by a normal run.
+
+The daemon runs the pure-Python data path (VHOSTSCSI_NATIVE=0): the C request-queue path (vhostscsi._native)
+would otherwise answer READ/WRITE on a quiet LUN without the mutated Python. A mutation in scsi/sbc.py also turns
+off `TargetPort.execute_fast`, which answers those same commands without sbc: every READ/WRITE then reaches the
+mutated handlers.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ def _body(f: types.FunctionType) -> tuple:
 
 def apply(spec: str) -> None:
     mod_name, old, new = spec.split("|", 2)
+    if mod_name == "vhostscsi.scsi.sbc":
+        from vhostscsi.scsi.port import TargetPort
+
+        TargetPort.execute_fast = lambda self, *args: None  # type: ignore[method-assign]
     mod = importlib.import_module(mod_name)
     with open(mod.__file__) as f:
         src = f.read()
@@ -46,6 +55,7 @@ def apply(spec: str) -> None:
 
 
 if __name__ == "__main__":
+    os.environ["VHOSTSCSI_NATIVE"] = "0"  # before vhostscsi.virtio.native is imported (it reads it once)
     apply(os.environ["HARDENING_MUTANT"])
     from vhostscsi import cli
 

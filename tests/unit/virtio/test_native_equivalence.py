@@ -42,13 +42,7 @@ N, W, I = 1, 2, 4
 
 PATTERN = random.Random(7).randbytes(BLOCKS * 512)  # the disks' first contents
 
-
-def native_required() -> None:
-    """The extension must be there (CI builds it) unless the pure path was asked for explicitly."""
-    if native._native is None:
-        if os.environ.get("VHOSTSCSI_NATIVE") == "0":
-            pytest.skip("VHOSTSCSI_NATIVE=0: the C path is switched off for this run")
-        pytest.fail("vhostscsi._native is not built: pip install -e . needs a C compiler (gcc, python3-dev)")
+pytestmark = pytest.mark.usefixtures("native_required")  # conftest.py: fails if the extension is not built
 
 
 class Wrapper:
@@ -385,13 +379,11 @@ PARAMS = st.fixed_dictionaries({
           suppress_health_check=[HealthCheck.too_slow])
 @given(PARAMS, st.integers(0, 2**32 - 1))
 def test_native_and_pure_paths_leave_identical_bytes(p: dict[str, Any], seed: int) -> None:
-    native_required()
     run_case(p, seed)
 
 
 def test_native_path_takes_most_well_formed_requests() -> None:
     """The comparison above means little if the C path declined everything: count what it did itself."""
-    native_required()
     p = {"regions": 1, "size": 32, "event_idx": True, "indirect": True, "inflight": False, "nexus": True,
          "write_back": True, "file_len": BLOCKS * 512, "rounds": 1}
     with tempfile.TemporaryDirectory() as tmp:
@@ -432,7 +424,6 @@ def test_native_path_takes_most_well_formed_requests() -> None:
 
 def test_native_module_is_built() -> None:
     """CI installs a compiler: a missing extension is a failure, not a skip (unless VHOSTSCSI_NATIVE=0)."""
-    native_required()
     assert native.AVAILABLE or os.environ.get("VHOSTSCSI_NATIVE") == "0"
 
 
@@ -445,7 +436,6 @@ def test_native_module_is_built() -> None:
 def test_odd_lun_answers_leave_every_command_to_python(answer: object, monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever the resolver says that is not a usable LUN (an exception too), the C path declines: the result is
     the pure path's, byte for byte."""
-    native_required()
 
     def resolve(self: VirtioScsi, target: int, lun: int) -> object:
         if isinstance(answer, Exception):
@@ -465,7 +455,6 @@ def test_odd_lun_answers_leave_every_command_to_python(answer: object, monkeypat
 
 def test_bad_context_raises_and_touches_nothing() -> None:
     """The Python side builds the context; if it were wrong, the C side must refuse it, not read out of bounds."""
-    native_required()
     drain = native._native.drain  # type: ignore[union-attr]
     ring = bytearray(4096)
     good = (ring, ring, ring, ((0, bytearray(4096)),), None, 16, True)

@@ -209,7 +209,7 @@ static lun_t *lookup_lun(call_t *c, long target, long lun) {
         Py_DECREF(r);
         return e;
     }
-    if (bs == 0 || bs > (1u << 20) || nb == 0) {
+    if (bs == 0 || bs > (1u << 20) || nb == 0 || nb > UINT64_MAX / bs) { /* byte offsets must not wrap */
         Py_DECREF(r);
         return e;
     }
@@ -376,6 +376,8 @@ static int run_one(call_t *c, uint32_t head, uint32_t *used_len, unsigned long l
     }
     if (seg_total(data, ndata) != size)
         return 0; /* not exactly the transfer length in the data direction */
+    if (!writing && size > UINT32_MAX - RESP_SIZE)
+        return 0; /* the used length would not fit its 32 bits: Python's push decides what that means */
     /* Taken: mark it in flight before any I/O (a crash from here on resubmits it). Keep the old state so
      * that handing it back to Python after failed I/O leaves the area as if we had never looked. */
     uint8_t saved[INFLIGHT_DESC] = {0};

@@ -23,7 +23,7 @@ from vhostscsi.virtio.virtqueue import SplitVirtqueue
 try:
     if os.environ.get("VHOSTSCSI_NATIVE", "1") == "0":
         raise ImportError("VHOSTSCSI_NATIVE=0")
-    from vhostscsi import _native
+    from vhostscsi import _native  # type: ignore[attr-defined]  # C extension, no stub
 except ImportError:
     _native = None
 
@@ -62,7 +62,7 @@ def _context(vq: SplitVirtqueue) -> tuple[Any, ...]:
     ctx = vq.native
     inflight = vq.inflight
     if ctx is not None and ctx[0] is inflight:
-        return ctx[1]  # type: ignore[no-any-return]
+        return ctx[1]
     regions = tuple((r.gpa, r.buf[:]) for r in vq.memory.regions)
     args = (vq.ring_bytes("desc"), vq.ring_bytes("avail"), vq.ring_bytes("used"), regions,
             inflight.buf if inflight is not None else None, vq.size, vq.indirect)

@@ -136,7 +136,8 @@ class SplitVirtqueue:
         self._notifications_enabled = True
         self.inflight: InflightQueue | None = None
         self._fence = Fence()
-        self.native: object = None  # what virtio.native keeps per ring for the C path (built on first use)
+        # what virtio.native keeps per ring for the C path: (in-flight queue it was built for, context), on first use
+        self.native: tuple[InflightQueue | None, tuple[object, ...]] | None = None
         self.arm_event_idx()
 
     def ring_bytes(self, which: str) -> memoryview:

@@ -38,7 +38,7 @@ BLOCKS = 64
 NEXUS = "naa.5001405000000001"
 OTHER = "naa.5001405000000077"
 _DESC = struct.Struct("<QIHH")
-N, W, I = 1, 2, 4
+N, W, IND = 1, 2, 4  # descriptor flags NEXT, WRITE, INDIRECT
 
 PATTERN = random.Random(7).randbytes(BLOCKS * 512)  # the disks' first contents
 
@@ -268,15 +268,15 @@ def add_chain(rng: random.Random, p: dict, bufs: list[tuple[int, int, int]], des
             flags = f | (N if j < k - 1 else 0)
             nxt = j + 1 if j < k - 1 else 0
             if rng.random() < 0.01:
-                flags, nxt = rng.choice(((flags | I, nxt), (flags, rng.randrange(k + 2)), (flags & ~N, nxt),
+                flags, nxt = rng.choice(((flags | IND, nxt), (flags, rng.randrange(k + 2)), (flags & ~N, nxt),
                                          (rng.randrange(0x10000), nxt)))
             entries += _DESC.pack(a % 2**64, n, flags, nxt)
         ram_writes.append((tgpa, entries))
         head = free.pop()
-        hflags, hlen = I, 16 * k
+        hflags, hlen = IND, 16 * k
         r = rng.random()
         if r < 0.01:
-            hflags = I | N
+            hflags = IND | N
         elif r < 0.02:
             hlen = 16 * k + rng.choice((1, -1, 16))
         desc[head] = (tgpa, max(hlen, 0), hflags, 0)
@@ -288,7 +288,7 @@ def add_chain(rng: random.Random, p: dict, bufs: list[tuple[int, int, int]], des
         flags = f | (N if j < k - 1 else 0)
         nxt = idx[j + 1] if j < k - 1 else 0
         if rng.random() < 0.01:
-            flags, nxt = rng.choice(((flags, idx[0]), (flags | I, nxt), (flags, p["size"] + 3),
+            flags, nxt = rng.choice(((flags, idx[0]), (flags | IND, nxt), (flags, p["size"] + 3),
                                      (rng.randrange(0x10000), nxt)))
         desc[idx[j]] = (a % 2**64, n, flags, nxt)
     return idx[0]
@@ -404,7 +404,7 @@ def test_native_path_takes_most_well_formed_requests() -> None:
                 table = w.ram.alloc(16 * len(bufs))
                 w.ram.write(table, b"".join(_DESC.pack(a, n, f | (N if j < len(bufs) - 1 else 0), j + 1)
                                             for j, (a, n, f) in enumerate(bufs)))
-                w.ram.write(DESC_GPA + 16 * k, _DESC.pack(table, 16 * len(bufs), I, 0))
+                w.ram.write(DESC_GPA + 16 * k, _DESC.pack(table, 16 * len(bufs), IND, 0))
                 w.ram.write(AVAIL_GPA + 4 + 2 * k, struct.pack("<H", k))
             w.ram.write(AVAIL_GPA + 2, struct.pack("<H", 32))
             called = []

@@ -18,8 +18,11 @@ libaio, --direct=1; no ramp, so fio's I/O count and the counters cover the same 
   guest's kicks turned into ioeventfd writes (TCG has no in-kernel ioeventfd: QEMU's memory core writes it).
 
 Everything is printed per request (divided by fio's I/O count). `--sides` picks set-ups from SIDES: the
-builtin device as bench/guest.py boots it, our daemon as `vhostscsi qemu-args` prints it, and variants used
-to test a hypothesis (see bench/README.md, "In-guest gap"). Runs from a checkout with the package installed
+builtin device as bench/guest.py boots it ("builtin"), our daemon as shipped with the device `vhostscsi
+qemu-args` prints ("ours"), and variants used to test a hypothesis (see bench/README.md, "In-guest gap"):
+"ours-other" (VHOSTSCSI_SCHED=other, the daemon's scheduling before SCHED_BATCH), "ours-poll50"
+(VHOSTSCSI_POLL_US=50), "ours-slice100" (normal policy, 100 us EEVDF slice), "ours-vq256" (virtqueue_size=256).
+`--pyspy JOB DIR` samples the daemon during a job. Runs from a checkout with the package installed
 (`pip install -e .`), needs qemu-system-x86_64 and fio; backing file and daemon in a fresh /dev/shm directory,
 every process stopped by pid.
 """
@@ -30,6 +33,7 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -114,11 +118,13 @@ def threads(pid: int) -> dict[str, dict[str, int]]:
             run, wait, _ = (int(x) for x in Path(f"{base}/schedstat").read_text().split())
             st = dict(line.split(":", 1) for line in Path(f"{base}/status").read_text().splitlines() if ":" in line)
             io = dict(line.split(": ", 1) for line in Path(f"{base}/io").read_text().splitlines())
+            stat = Path(f"{base}/stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, ValueError):
             continue
         out[f"{comm}/{tid}"] = {"run_ns": run, "wait_ns": wait,
                                 "vcsw": int(st["voluntary_ctxt_switches"]), "ivcsw": int(st["nonvoluntary_ctxt_switches"]),
-                                "syscr": int(io["syscr"]), "syscw": int(io["syscw"])}
+                                "syscr": int(io["syscr"]), "syscw": int(io["syscw"]),
+                                "utime_ticks": int(stat[11]), "stime_ticks": int(stat[12])}
     return out
 
 
@@ -217,28 +223,60 @@ def _fio(text: str) -> dict[str, Any]:
 
 
 # ---- the set-ups compared ---------------------------------------------------------------------------------------
-def _ours(extra_device: str = "", poll_us: float | None = None) -> dict[str, Any]:
-    return {"kind": "ours", "extra_device": extra_device, "poll_us": poll_us}
+def set_slice(pid: int, us: int) -> None:
+    """Ask the scheduler (EEVDF, Linux 6.12+) for a ``us``-microsecond slice for every thread of ``pid``
+    (sched_setattr, SCHED_OTHER, sched_runtime; the kernel clamps it to 100 us .. 100 ms)."""
+    import ctypes
+    import struct
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = struct.pack("=IIQiIQQQII", 56, 0, 0, 0, 0, us * 1000, 0, 0, 0, 0)
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        if libc.syscall(314, int(tid), buf, 0) != 0:  # SYS_sched_setattr on x86_64
+            raise OSError(ctypes.get_errno(), f"sched_setattr({tid})")
+
+
+def _ours(extra_device: str = "", poll_us: float | None = None, slice_us: int | None = None,
+          sched: str | None = None) -> dict[str, Any]:
+    return {"kind": "ours", "extra_device": extra_device, "poll_us": poll_us, "slice_us": slice_us, "sched": sched}
 
 
 SIDES: dict[str, dict[str, Any]] = {
     "builtin": {"kind": "builtin"},
-    "ours": _ours(),
+    "ours": _ours(),  # `vhostscsi serve` as shipped (SCHED_BATCH since the in-guest gap was found)
+    "ours-other": _ours(sched="other"),  # VHOSTSCSI_SCHED=other: the normal policy, the daemon before that fix
     "ours-poll50": _ours(poll_us=50),
+    "ours-slice100": _ours(sched="other", slice_us=100),  # normal policy, a 100 us EEVDF slice (set from outside)
+    "ours-vq256": _ours(extra_device=",virtqueue_size=256"),
 }
 
 
 def boot(side: str, img: GuestImage, image_file: Path, work: Path, seconds: int, sockdir: Path, size: int,
-         say: Callable[[str], None]) -> dict[str, Any]:
+         say: Callable[[str], None], pyspy: tuple[str, int, Path] | None = None) -> dict[str, Any]:
+    """One boot of ``side``; ``pyspy``: (job name part, seconds, directory) to sample the daemon during that job."""
     spec = SIDES[side]
+    spy = None
     daemon = None
     procs: dict[str, int] = {}
     try:
         if spec["kind"] == "ours":
-            daemon = b.OurDaemon(work, image_file, size, sockdir, poll_us=spec["poll_us"])
+            saved = os.environ.get("VHOSTSCSI_SCHED")
+            if spec["sched"]:
+                os.environ["VHOSTSCSI_SCHED"] = spec["sched"]  # the daemon inherits our environment
+            try:
+                daemon = b.OurDaemon(work, image_file, size, sockdir, poll_us=spec["poll_us"])
+            finally:
+                if saved is None:
+                    os.environ.pop("VHOSTSCSI_SCHED", None)
+                else:
+                    os.environ["VHOSTSCSI_SCHED"] = saved
             args = g.ours_args(b.WWN, daemon.socket, spec["extra_device"])
             lun = b.FILEIO_LUN
             procs["daemon"] = daemon.pid
+            if spec["slice_us"]:
+                set_slice(daemon.pid, spec["slice_us"])
+            out_policy = os.sched_getscheduler(daemon.pid)
         else:
             args = g.builtin_args(image_file)
             lun = 0
@@ -260,6 +298,11 @@ def boot(side: str, img: GuestImage, image_file: Path, work: Path, seconds: int,
                 text = gst.console()
                 marks = re.findall(rf"{MARK}-(BEGIN \S+|AFTER)\n", text)
                 while seen < len(marks):  # a marker just appeared: snapshot the host now
+                    if pyspy and "daemon" in procs and marks[seen].startswith("BEGIN") and pyspy[0] in marks[seen]:
+                        spy = subprocess.Popen(["py-spy", "record", "-p", str(procs["daemon"]), "-d", str(pyspy[1]),
+                                                "-r", "1000", "--nonblocking", "-f", "raw",
+                                                "-o", str(pyspy[2] / f"{side}-{marks[seen].split()[1]}.pyspy.txt")],
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     snaps[f"{seen}"] = ({**{p: threads(pid) for p, pid in procs.items()}, "self": threads(os.getpid())},
                                         host_cpu(), time.monotonic(), jit(qmp))
                     seen += 1
@@ -273,6 +316,8 @@ def boot(side: str, img: GuestImage, image_file: Path, work: Path, seconds: int,
             raise RuntimeError(f"{side}: guest failed:\n{text[-3000:]}")
         settings = text.split(f"{MARK}-SETTINGS-BEGIN\n", 1)[1].split(f"{MARK}-SETTINGS-END", 1)[0]
         out: dict[str, Any] = {"settings": settings.strip().splitlines(), "jobs": {}}
+        if daemon is not None:
+            out["daemon_policy"] = out_policy
         for i, (name, body) in enumerate(re.findall(rf"{MARK}-BEGIN (\S+)\n(.*?){MARK}-END", text, re.S)):
             pre, post = body.split(f"{MARK}-AFTER\n", 1)
             post_snap, fio_text = post.split("--end\n", 1)
@@ -292,6 +337,8 @@ def boot(side: str, img: GuestImage, image_file: Path, work: Path, seconds: int,
             say(f"  {side} {name}: {fio['iops']:,.0f} IOPS")
         return out
     finally:
+        if spy is not None:
+            spy.wait(60)
         if daemon is not None:
             daemon.stop()
 
@@ -326,7 +373,15 @@ def per_request(job: dict[str, Any]) -> dict[str, float]:
         out[f"{role} ivcsw/IO"] = round(c["ivcsw"] / n, 3)
         out[f"{role} reads/IO"] = round(c["syscr"] / n, 3)
         out[f"{role} writes/IO"] = round(c["syscw"] / n, 3)
+        ticks = c.get("utime_ticks", 0) + c.get("stime_ticks", 0)
+        out[f"{role} sys %"] = round(100 * c.get("stime_ticks", 0) / ticks, 1) if ticks else 0.0
     return out
+
+
+KEY_ROWS = ["iops", "guest busy %", "req-queue irqs/IO", "slat us", "clat us", "host busy cores",
+            "qemu.vcpu cpu us/IO", "qemu.vcpu rq-wait us/IO", "qemu.vcpu writes/IO", "qemu.main cpu us/IO",
+            "qemu.workers cpu us/IO", "daemon cpu us/IO", "daemon rq-wait us/IO", "daemon vcsw/IO",
+            "daemon reads/IO", "daemon writes/IO", "daemon sys %", "qemu.vcpu sys %", "tcg TB count/IO"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=int, default=8, help="seconds per fio job")
     ap.add_argument("--size", type=int, default=256 << 20)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--pyspy", nargs=2, metavar=("JOB", "DIR"), default=None,
+                    help="py-spy (raw stacks, 1000 Hz, non-blocking) the daemon for the job whose name contains JOB "
+                         "(e.g. qd16) into DIR/<side>-<job>.pyspy.txt")
     args = ap.parse_args(argv)
 
     def say(s: str) -> None:
@@ -351,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for r in range(args.rounds):
             for side in (args.sides if r % 2 == 0 else args.sides[::-1]):
-                runs[side].append(boot(side, img, image_file, work, args.seconds, sockdir, args.size, say))
+                spy = (args.pyspy[0], max(1, args.seconds - 1), Path(args.pyspy[1])) if args.pyspy else None
+                runs[side].append(boot(side, img, image_file, work, args.seconds, sockdir, args.size, say, spy))
     finally:
         import shutil
 
@@ -372,6 +431,14 @@ def main(argv: list[str] | None = None) -> int:
             say(f"  {k:<28}" + "".join(f"{row.get(k, ''):>16}" for s in args.sides for row in rows[s]))
         summary[job] = {s: {k: round(sum(r.get(k, 0) for r in rows[s]) / len(rows[s]), 3) for k in keys}
                         for s in args.sides}
+    say("\n== summary: mean per side (key rows; IOPS ratio to the first side)")
+    for job in jobs:
+        first = summary[job][args.sides[0]]["iops"] or 1
+        say(f"  {job:<28}" + "".join(f"{s:>16}" for s in args.sides))
+        for k in KEY_ROWS:
+            if any(k in summary[job][s] for s in args.sides):
+                say(f"    {k:<26}" + "".join(f"{summary[job][s].get(k, ''):>16}" for s in args.sides))
+        say(f"    {'IOPS / ' + args.sides[0]:<26}" + "".join(f"{summary[job][s]['iops'] / first:>16.3f}" for s in args.sides))
     say(f"\nload {os.getloadavg()}")
     if args.json:
         args.json.write_text(json.dumps({"argv": sys.argv, "summary": summary, "runs": runs}, indent=1))

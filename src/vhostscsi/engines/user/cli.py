@@ -64,6 +64,9 @@ def main(argv: list[str]) -> int:
     socket_dir = args.socket_dir or default_socket_dir()
     if args.socket_unit:
         return print_socket_unit(config, socket_dir)
+    from vhostscsi.engines.user.sched import apply_policy
+
+    policy = apply_policy()  # before any thread or child exists: they inherit it
     daemon = Daemon(config, socket_dir, allow_unsealed_memory=args.allow_unsealed_memory)
     try:
         daemon.start()
@@ -71,5 +74,6 @@ def main(argv: list[str]) -> int:
         print(f"vhostscsi serve: {e}", file=sys.stderr)
         daemon.shutdown()
         return 1
-    logging.getLogger("vhostscsi.serve").info("serving %s (sockets in %s)", config, socket_dir)
+    logging.getLogger("vhostscsi.serve").info("serving %s (sockets in %s; CPU scheduling %s)", config, socket_dir,
+                                              policy)
     return daemon.run()

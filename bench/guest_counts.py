@@ -62,6 +62,7 @@ done
 [ -n "$DEV" ] || { echo "no disk with LUN $LUN"; ls /sys/block; exit 1; }
 HOST=$(ls -d /sys/block/$DEV/device/../../../host* 2>/dev/null | head -1)
 HOST=${HOST##*/}
+echo 1 > /proc/sys/kernel/sched_schedstats 2>/dev/null  # sched_goidle (idle entries) is counted only with it
 echo "%(mark)s-SETTINGS-BEGIN"
 echo "disk $DEV $HOST"
 for v in /sys/bus/virtio/devices/*; do
@@ -83,6 +84,7 @@ snap() {
   echo "--stat"; head -1 /proc/stat; grep -E '^(intr|ctxt)' /proc/stat | cut -c1-40
   echo "--softirqs"; cat /proc/softirqs
   echo "--disk"; cat /sys/block/$DEV/stat
+  echo "--schedstat"; grep '^cpu0 ' /proc/schedstat
   echo "--end"
 }
 for spec in %(jobs)s; do
@@ -194,7 +196,10 @@ def _snap(text: str) -> dict[str, Any]:
         if len(f) >= 2:
             soft[f[0].rstrip(":")] = int(f[1])
     disk = [int(x) for x in parts.get("disk", "").split()]
-    return {"irq": irq, "cpu": cpu, "misc": misc, "softirqs": soft, "disk": disk}
+    # /proc/schedstat cpu line: yld_count, 0, sched_count, sched_goidle (times the CPU went idle), ttwu_count, ...
+    ss = parts.get("schedstat", "").split()
+    sched = {"goidle": int(ss[4]), "sched_count": int(ss[3])} if len(ss) > 4 else {}
+    return {"irq": irq, "cpu": cpu, "misc": misc, "softirqs": soft, "disk": disk, "sched": sched}
 
 
 def _guest_delta(a: dict[str, Any], b_: dict[str, Any]) -> dict[str, Any]:
@@ -210,6 +215,7 @@ def _guest_delta(a: dict[str, Any], b_: dict[str, Any]) -> dict[str, Any]:
             "guest_ctxt": b_["misc"].get("ctxt", 0) - a["misc"].get("ctxt", 0),
             "guest_intr": b_["misc"].get("intr", 0) - a["misc"].get("intr", 0),
             "softirqs": soft, "disk_ios": (d[0] + d[4]) if len(d) > 4 else 0,
+            "goidle": b_["sched"].get("goidle", 0) - a["sched"].get("goidle", 0),
             "disk_merges": (d[1] + d[5]) if len(d) > 5 else 0}
 
 
@@ -356,6 +362,7 @@ def per_request(job: dict[str, Any]) -> dict[str, float]:
         "req-queue irqs/IO": round(req_irq / n, 3),
         "all guest irqs/IO": round(gd["guest_intr"] / n, 3),
         "guest ctxt/IO": round(gd["guest_ctxt"] / n, 3),
+        "guest idle entries/IO": round(gd.get("goidle", 0) / n, 3),
         "disk ios/fio IO": round(gd["disk_ios"] / n, 3),
         "slat us": job["fio"]["slat_us"], "clat us": job["fio"]["clat_us"], "lat us": job["fio"]["lat_us"],
         "host idle %": job["host_idle_pct"],
@@ -378,8 +385,9 @@ def per_request(job: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-KEY_ROWS = ["iops", "guest busy %", "req-queue irqs/IO", "slat us", "clat us", "host busy cores",
-            "qemu.vcpu cpu us/IO", "qemu.vcpu rq-wait us/IO", "qemu.vcpu writes/IO", "qemu.main cpu us/IO",
+KEY_ROWS = ["iops", "guest busy %", "guest idle entries/IO", "req-queue irqs/IO", "slat us", "clat us", "host busy cores",
+            "qemu.vcpu cpu us/IO", "qemu.vcpu rq-wait us/IO", "qemu.vcpu vcsw/IO", "qemu.vcpu ivcsw/IO",
+            "qemu.vcpu writes/IO", "qemu.main cpu us/IO",
             "qemu.workers cpu us/IO", "daemon cpu us/IO", "daemon rq-wait us/IO", "daemon vcsw/IO",
             "daemon reads/IO", "daemon writes/IO", "daemon sys %", "qemu.vcpu sys %", "tcg TB count/IO"]
 

@@ -22,7 +22,8 @@ builtin device as bench/guest.py boots it ("builtin"), our daemon as shipped wit
 qemu-args` prints ("ours"), and variants used to test a hypothesis (see bench/README.md, "In-guest gap"):
 "ours-other" (VHOSTSCSI_SCHED=other, the daemon's scheduling before SCHED_BATCH), "ours-poll50"
 (VHOSTSCSI_POLL_US=50), "ours-slice100" (normal policy, 100 us EEVDF slice), "ours-vq256" (virtqueue_size=256).
-`--pyspy JOB DIR` samples the daemon during a job. Runs from a checkout with the package installed
+`--pyspy JOB DIR` samples the daemon during a job; `--perf-switches JOB DIR` records why QEMU's vCPU thread
+leaves the CPU during a job (sched_switch with stacks; summarise with `perf script` as bench/README.md shows). Runs from a checkout with the package installed
 (`pip install -e .`), needs qemu-system-x86_64 and fio; backing file and daemon in a fresh /dev/shm directory,
 every process stopped by pid.
 """
@@ -259,10 +260,13 @@ SIDES: dict[str, dict[str, Any]] = {
 
 
 def boot(side: str, img: GuestImage, image_file: Path, work: Path, seconds: int, sockdir: Path, size: int,
-         say: Callable[[str], None], pyspy: tuple[str, int, Path] | None = None) -> dict[str, Any]:
-    """One boot of ``side``; ``pyspy``: (job name part, seconds, directory) to sample the daemon during that job."""
+         say: Callable[[str], None], pyspy: tuple[str, int, Path] | None = None,
+         perf_sw: tuple[str, int, Path] | None = None) -> dict[str, Any]:
+    """One boot of ``side``; ``pyspy``: (job name part, seconds, directory) to sample the daemon during that job;
+    ``perf_sw``: the same to record the vCPU thread's context switches with their stacks."""
     spec = SIDES[side]
     spy = None
+    tracers: list[subprocess.Popen[bytes]] = []
     daemon = None
     procs: dict[str, int] = {}
     try:
@@ -304,6 +308,16 @@ def boot(side: str, img: GuestImage, image_file: Path, work: Path, seconds: int,
                 text = gst.console()
                 marks = re.findall(rf"{MARK}-(BEGIN \S+|AFTER)\n", text)
                 while seen < len(marks):  # a marker just appeared: snapshot the host now
+                    if perf_sw and marks[seen].startswith("BEGIN") and perf_sw[0] in marks[seen]:
+                        for tid in os.listdir(f"/proc/{procs['qemu']}/task"):
+                            if thread_role(Path(f"/proc/{procs['qemu']}/task/{tid}/comm").read_text().strip()) != "vcpu":
+                                continue
+                            # why the vCPU thread leaves the CPU: its switch-outs with kernel + user stacks
+                            out_file = perf_sw[2] / f"{side}-{marks[seen].split()[1]}-vcpu.perf.data"
+                            tracers.append(subprocess.Popen(
+                                ["perf", "record", "-q", "-e", "sched:sched_switch", "--call-graph", "dwarf,16384",
+                                 "-t", tid, "-o", str(out_file), "--", "sleep", str(perf_sw[1])],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                     if pyspy and "daemon" in procs and marks[seen].startswith("BEGIN") and pyspy[0] in marks[seen]:
                         spy = subprocess.Popen(["py-spy", "record", "-p", str(procs["daemon"]), "-d", str(pyspy[1]),
                                                 "-r", "1000", "--nonblocking", "-f", "raw",
@@ -345,6 +359,8 @@ def boot(side: str, img: GuestImage, image_file: Path, work: Path, seconds: int,
     finally:
         if spy is not None:
             spy.wait(60)
+        for t in tracers:
+            t.wait(60)
         if daemon is not None:
             daemon.stop()
 
@@ -402,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pyspy", nargs=2, metavar=("JOB", "DIR"), default=None,
                     help="py-spy (raw stacks, 1000 Hz, non-blocking) the daemon for the job whose name contains JOB "
                          "(e.g. qd16) into DIR/<side>-<job>.pyspy.txt")
+    ap.add_argument("--perf-switches", nargs=2, metavar=("JOB", "DIR"), default=None,
+                    help="perf record the context switches of QEMU's vCPU thread (sched:sched_switch, DWARF stacks) for the job "
+                         "whose name contains JOB into DIR/<side>-<job>-vcpu.perf.data (then: perf report -i ... --stdio)")
     args = ap.parse_args(argv)
 
     def say(s: str) -> None:
@@ -418,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             for side in (args.sides if r % 2 == 0 else args.sides[::-1]):
                 spy = (args.pyspy[0], max(1, args.seconds - 1), Path(args.pyspy[1])) if args.pyspy else None
-                runs[side].append(boot(side, img, image_file, work, args.seconds, sockdir, args.size, say, spy))
+                st = (args.perf_switches[0], max(1, args.seconds - 2), Path(args.perf_switches[1])) if args.perf_switches else None
+                runs[side].append(boot(side, img, image_file, work, args.seconds, sockdir, args.size, say, spy, st))
     finally:
         import shutil
 

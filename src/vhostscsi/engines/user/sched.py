@@ -2,9 +2,10 @@
 
 Measured in a TCG guest on a 2-core host (bench/README.md, "In-guest gap"): the guest's kick wakes the daemon,
 and under the normal policy the woken daemon preempts the thread that kicked (the vCPU, still busy submitting)
-for its whole wake-up, some 40 us of CPU here. At QD16 the vCPU was preempted twice as often per request as
-with QEMU's built-in virtio-scsi and waited three times longer for a CPU, and that (not our request handling)
-was the in-guest IOPS gap. SCHED_BATCH (what `chrt -b 0` does) keeps the daemon's fair share of CPU and its
+for its whole wake-up, some 25-40 us of CPU here. With other work on the host, at QD16 the vCPU was preempted
+twice as often per request as with QEMU's built-in virtio-scsi and waited three times longer for a CPU: that
+was most of the in-guest IOPS gap on a busy host (0.91 -> 1.28 of the built-in at QD16 in SCHED_BATCH). On a
+quiet host the daemon wakes on an idle CPU either way and the policy changes nothing. SCHED_BATCH (what `chrt -b 0` does) keeps the daemon's fair share of CPU and its
 nice level but marks it non-interactive: a wake-up does not preempt the task running on that CPU, so the
 vCPU keeps submitting, the daemon runs on another CPU or when the vCPU blocks, and each wake-up finds more
 requests. Any user may switch its own process from SCHED_OTHER to SCHED_BATCH (no privilege needed).

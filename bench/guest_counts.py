@@ -22,7 +22,8 @@ builtin device as bench/guest.py boots it ("builtin"), our daemon as shipped wit
 qemu-args` prints ("ours"), and variants used to test a hypothesis (see bench/README.md, "In-guest gap"):
 "ours-other" (VHOSTSCSI_SCHED=other, the daemon's scheduling before SCHED_BATCH), "ours-poll50"
 (VHOSTSCSI_POLL_US=50), "ours-slice100" (normal policy, 100 us EEVDF slice), "ours-vq256" (virtqueue_size=256).
-`--pyspy JOB DIR` samples the daemon during a job; `--perf-switches JOB DIR` records why QEMU's vCPU thread
+`--side-env NAME VAR=VALUE ...` defines a further side (our daemon with those environment variables, e.g.
+PYTHONPATH=<a patched copy>/src for an experiment). `--pyspy JOB DIR` samples the daemon during a job; `--perf-switches JOB DIR` records why QEMU's vCPU thread
 leaves the CPU during a job (sched_switch with stacks; summarise with `perf script` as bench/README.md shows). Runs from a checkout with the package installed
 (`pip install -e .`), needs qemu-system-x86_64 and fio; backing file and daemon in a fresh /dev/shm directory,
 every process stopped by pid.
@@ -245,8 +246,9 @@ def set_slice(pid: int, us: int) -> None:
 
 
 def _ours(extra_device: str = "", poll_us: float | None = None, slice_us: int | None = None,
-          sched: str | None = None) -> dict[str, Any]:
-    return {"kind": "ours", "extra_device": extra_device, "poll_us": poll_us, "slice_us": slice_us, "sched": sched}
+          sched: str | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"kind": "ours", "extra_device": extra_device, "poll_us": poll_us, "slice_us": slice_us, "sched": sched,
+            "env": dict(env or {})}
 
 
 SIDES: dict[str, dict[str, Any]] = {
@@ -271,16 +273,17 @@ def boot(side: str, img: GuestImage, image_file: Path, work: Path, seconds: int,
     procs: dict[str, int] = {}
     try:
         if spec["kind"] == "ours":
-            saved = os.environ.get("VHOSTSCSI_SCHED")
-            if spec["sched"]:
-                os.environ["VHOSTSCSI_SCHED"] = spec["sched"]  # the daemon inherits our environment
+            env = {**({"VHOSTSCSI_SCHED": spec["sched"]} if spec["sched"] else {}), **spec["env"]}
+            saved = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)  # the daemon inherits our environment
             try:
                 daemon = b.OurDaemon(work, image_file, size, sockdir, poll_us=spec["poll_us"])
             finally:
-                if saved is None:
-                    os.environ.pop("VHOSTSCSI_SCHED", None)
-                else:
-                    os.environ["VHOSTSCSI_SCHED"] = saved
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
             args = g.ours_args(b.WWN, daemon.socket, spec["extra_device"])
             lun = b.FILEIO_LUN
             procs["daemon"] = daemon.pid
@@ -410,7 +413,11 @@ KEY_ROWS = ["iops", "guest busy %", "guest idle entries/IO", "req-queue irqs/IO"
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sides", nargs="+", default=["builtin", "ours"], choices=sorted(SIDES))
+    ap.add_argument("--sides", nargs="+", default=["builtin", "ours"],
+                    help=f"set-ups to compare: {', '.join(sorted(SIDES))}, or one defined by --side-env")
+    ap.add_argument("--side-env", nargs="+", action="append", default=[], metavar=("NAME", "VAR=VALUE"),
+                    help="define side NAME: our daemon with these environment variables (e.g. PYTHONPATH=<a patched "
+                         "tree>/src to measure an experiment against the checkout)")
     ap.add_argument("--rounds", type=int, default=2, help="boots per side, alternated A B B A")
     ap.add_argument("--seconds", type=int, default=8, help="seconds per fio job")
     ap.add_argument("--size", type=int, default=256 << 20)
@@ -422,6 +429,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="perf record the context switches of QEMU's vCPU thread (sched:sched_switch, DWARF stacks) for the job "
                          "whose name contains JOB into DIR/<side>-<job>-vcpu.perf.data (then: perf report -i ... --stdio)")
     args = ap.parse_args(argv)
+    for name, *assignments in args.side_env:
+        SIDES[name] = _ours(env=dict(a.split("=", 1) for a in assignments))
+    unknown = [s for s in args.sides if s not in SIDES]
+    if unknown:
+        ap.error(f"unknown side(s) {unknown}: one of {sorted(SIDES)}")
 
     def say(s: str) -> None:
         print(s, flush=True)

@@ -17,17 +17,22 @@ from vhostscsi.integrations.qemu import memory_backend_args, parse_pci, user_dev
 
 MARK = "VHOSTSCSI-BENCH-FIO"
 
-# $1 of each JOB line: fio arguments (the same for both back ends).
-GUEST_SCRIPT = r"""
+# Guest shell: LUN and SECS from the kernel command line (benchlun=, benchsecs=), DEV the sdX of that LUN.
+FIND_DISK = r"""
 LUN=$(sed -n 's/.*benchlun=\([0-9]*\).*/\1/p' /proc/cmdline)
 SECS=$(sed -n 's/.*benchsecs=\([0-9]*\).*/\1/p' /proc/cmdline)
 DEV=
 for d in /sys/block/sd*; do
   for s in "$d"/device/scsi_device/*; do
-    case "${s##*/}" in *:"$LUN") DEV=/dev/${d##*/};; esac
+    case "${s##*/}" in *:"$LUN") DEV=${d##*/};; esac
   done
 done
 [ -n "$DEV" ] || { echo "no disk with LUN $LUN"; ls /sys/block; exit 1; }
+"""
+
+# $1 of each JOB line: fio arguments (the same for both back ends).
+GUEST_SCRIPT = FIND_DISK + r"""
+DEV=/dev/$DEV
 echo "bench disk: $DEV"
 for spec in "randread 4k 1 psync" "randread 4k 16 libaio" "randwrite 4k 16 libaio"; do
   set -- $spec

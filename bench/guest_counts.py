@@ -52,16 +52,7 @@ from vhostscsi.guestkit import DEFAULT_APPEND, VIRTIO_SCSI_MODULES, GuestImage, 
 MARK = "VHOSTSCSI-COUNTS"
 JOBS = ["randread 4k 1 psync", "randread 4k 16 libaio", "randwrite 4k 16 libaio"]
 
-GUEST_SCRIPT = r"""
-LUN=$(sed -n 's/.*benchlun=\([0-9]*\).*/\1/p' /proc/cmdline)
-SECS=$(sed -n 's/.*benchsecs=\([0-9]*\).*/\1/p' /proc/cmdline)
-DEV=
-for d in /sys/block/sd*; do
-  for s in "$d"/device/scsi_device/*; do
-    case "${s##*/}" in *:"$LUN") DEV=${d##*/};; esac
-  done
-done
-[ -n "$DEV" ] || { echo "no disk with LUN $LUN"; ls /sys/block; exit 1; }
+GUEST_SCRIPT = g.FIND_DISK + r"""
 HOST=$(ls -d /sys/block/$DEV/device/../../../host* 2>/dev/null | head -1)
 HOST=${HOST##*/}
 echo 1 > /proc/sys/kernel/sched_schedstats 2>/dev/null  # sched_goidle (idle entries) is counted only with it

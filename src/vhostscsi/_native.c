@@ -24,6 +24,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #ifndef RWF_DSYNC
 #define RWF_DSYNC 0x00000002
@@ -418,83 +419,81 @@ static int get_buf(PyObject *o, Py_buffer *b, int writable) {
     return PyObject_GetBuffer(o, b, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE);
 }
 
-PyDoc_STRVAR(drain_doc,
-"drain(ctx, last_avail_idx, used_idx, counter, resolve) -> (last_avail_idx, used_idx, counter, done, stopped)\n\n"
-"Run the quiet-LUN READ/WRITE chains of a request queue in ring order until the ring is empty (stopped False)\n"
-"or a chain must be handled by Python (stopped True: last_avail_idx names it, nothing was done for it).\n"
-"ctx = (desc, avail, used, ((gpa, buffer), ...), inflight buffer or None, queue size, indirect).");
-
-static PyObject *drain(PyObject *self, PyObject *args) {
-    PyObject *ctx, *regions, *desc, *avail, *used, *inflight, *resolve;
-    unsigned int last, used_idx;
-    unsigned long long counter;
+/* Take the ring buffers, the regions and the in-flight area of `ctx` into `c` for one call (released by
+ * release_all whatever happens). 0 ok, -1 with a Python exception set. */
+static int call_open(call_t *c, PyObject *ctx, PyObject *resolve) {
+    PyObject *regions, *desc, *avail, *used, *inflight;
     unsigned int size;
     int indirect;
-    if (!PyArg_ParseTuple(args, "O!IIKO", &PyTuple_Type, &ctx, &last, &used_idx, &counter, &resolve))
-        return NULL;
     if (!PyArg_ParseTuple(ctx, "OOOO!OIp", &desc, &avail, &used, &PyTuple_Type, &regions, &inflight, &size,
                           &indirect))
-        return NULL;
+        return -1;
     if (size == 0 || size > 32768 || (size & (size - 1))) {
         PyErr_SetString(PyExc_ValueError, "queue size is not a power of two up to 32768");
-        return NULL;
+        return -1;
     }
     if (PyTuple_GET_SIZE(regions) > MAX_REGIONS) {
         PyErr_SetString(PyExc_ValueError, "too many memory regions");
-        return NULL;
+        return -1;
     }
-    call_t *c = PyMem_Calloc(1, sizeof(call_t));
-    if (c == NULL)
-        return PyErr_NoMemory();
     c->size = size;
     c->indirect = indirect;
     c->resolve = resolve;
-    PyObject *result = NULL;
     if (get_buf(desc, &c->desc, 0) || get_buf(avail, &c->avail, 0) || get_buf(used, &c->used, 1))
-        goto done;
-    if ((size_t)c->desc.len < 16u * size || (size_t)c->avail.len < 4u + 2u * size ||
-        (size_t)c->used.len < 4u + 8u * size) {
+        return -1;
+    if ((size_t)c->desc.len < 16u * size || (size_t)c->avail.len < 6u + 2u * size ||
+        (size_t)c->used.len < 6u + 8u * size) {
+        /* 6: the event words (used_event after the avail entries, avail_event after the used elements) are
+         * read/written by serve(); drain alone never touches them, but every ring has them */
         PyErr_SetString(PyExc_ValueError, "ring buffers are smaller than the queue size requires");
-        goto done;
+        return -1;
     }
     if (inflight != Py_None) {
         if (get_buf(inflight, &c->inflight, 1))
-            goto done;
+            return -1;
         c->have_inflight = 1;
         if ((size_t)c->inflight.len < INFLIGHT_HDR + (size_t)INFLIGHT_DESC * size) {
             PyErr_SetString(PyExc_ValueError, "in-flight area too small for the queue");
-            goto done;
+            return -1;
         }
     }
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(regions); i++) {
         unsigned long long gpa;
         PyObject *buf;
         if (!PyArg_ParseTuple(PyTuple_GET_ITEM(regions, i), "KO", &gpa, &buf))
-            goto done;
+            return -1;
         if (get_buf(buf, &c->rbufs[c->nregions], 1))
-            goto done;
+            return -1;
         region_t *r = &c->regions[c->nregions++];
         r->gpa = gpa;
         r->size = (uint64_t)c->rbufs[c->nregions - 1].len;
         r->base = c->rbufs[c->nregions - 1].buf;
         if (r->size > UINT64_MAX - gpa) {
             PyErr_SetString(PyExc_ValueError, "region wraps the address space");
-            goto done;
+            return -1;
         }
     }
+    return 0;
+}
 
+static inline uint16_t load_avail_idx(const uint8_t *av) {
+    /* acquire: the ring entries and descriptors it covers are read after it */
+    uint16_t v = ((uintptr_t)(av + 2) & 1) == 0 ? __atomic_load_n((const uint16_t *)(av + 2), __ATOMIC_ACQUIRE)
+                                                : le16(av + 2);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    return v;
+}
+
+/* drain()'s work on an open call: what is available now, in ring order, until the ring is empty (0) or a
+ * chain must go to Python (1; *last names it, nothing was done for it). *done counts completions pushed. */
+static int drain_ring(call_t *c, uint16_t *last, uint16_t *used_idx, unsigned long long *counter,
+                      uint32_t *done) {
     const uint8_t *av = c->avail.buf;
     uint8_t *us = c->used.buf;
-    uint16_t last16 = (uint16_t)last, uidx = (uint16_t)used_idx;
-    /* avail.idx once, with acquire: the ring entries and descriptors it covers are read after it */
-    uint16_t avail_idx = ((uintptr_t)(av + 2) & 1) == 0
-        ? __atomic_load_n((const uint16_t *)(av + 2), __ATOMIC_ACQUIRE)
-        : (uint16_t)(le16(av + 2));
-    __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    uint16_t n = (uint16_t)(avail_idx - last16);
+    uint32_t size = c->size;
+    uint16_t last16 = *last, uidx = *used_idx, start_uidx = *used_idx;
+    uint16_t n = (uint16_t)(load_avail_idx(av) - last16); /* avail.idx once for the batch */
     int stopped = 0;
-    uint32_t done = 0;
-    uint16_t start_uidx = uidx;
     if (n > size) {
         stopped = 1; /* Python breaks the ring with its message */
         n = 0;
@@ -504,7 +503,7 @@ static PyObject *drain(PyObject *self, PyObject *args) {
         memcpy(&head, av + 4 + 2u * ((uint16_t)(last16 & (size - 1))), 2);
         COMPILER_BARRIER();
         uint32_t len;
-        if (head >= size || !run_one(c, head, &len, &counter)) {
+        if (head >= size || !run_one(c, head, &len, counter)) {
             stopped = 1;
             break;
         }
@@ -525,20 +524,212 @@ static PyObject *drain(PyObject *self, PyObject *args) {
             memcpy((uint8_t *)c->inflight.buf + 14, &uidx, 2);
         }
         last16++;
-        done++;
+        (*done)++;
     }
     if (!c->have_inflight && uidx != start_uidx)
         store_used_idx(us, uidx); /* one index store per batch */
-    result = Py_BuildValue("IIKIO", (unsigned)last16, (unsigned)uidx, counter, (unsigned)done,
-                           stopped ? Py_True : Py_False);
-done:
+    *last = last16;
+    *used_idx = uidx;
+    return stopped;
+}
+
+PyDoc_STRVAR(drain_doc,
+"drain(ctx, last_avail_idx, used_idx, counter, resolve) -> (last_avail_idx, used_idx, counter, done, stopped)\n\n"
+"Run the quiet-LUN READ/WRITE chains of a request queue in ring order until the ring is empty (stopped False)\n"
+"or a chain must be handled by Python (stopped True: last_avail_idx names it, nothing was done for it).\n"
+"ctx = (desc, avail, used, ((gpa, buffer), ...), inflight buffer or None, queue size, indirect).");
+
+static PyObject *drain(PyObject *self, PyObject *args) {
+    PyObject *ctx, *resolve;
+    unsigned int last, used_idx;
+    unsigned long long counter;
+    if (!PyArg_ParseTuple(args, "O!IIKO", &PyTuple_Type, &ctx, &last, &used_idx, &counter, &resolve))
+        return NULL;
+    call_t *c = PyMem_Calloc(1, sizeof(call_t));
+    if (c == NULL)
+        return PyErr_NoMemory();
+    PyObject *result = NULL;
+    if (call_open(c, ctx, resolve) == 0) {
+        uint16_t last16 = (uint16_t)last, uidx = (uint16_t)used_idx;
+        uint32_t done = 0;
+        int stopped = drain_ring(c, &last16, &uidx, &counter, &done);
+        result = Py_BuildValue("IIKIO", (unsigned)last16, (unsigned)uidx, counter, (unsigned)done,
+                               stopped ? Py_True : Py_False);
+    }
     release_all(c);
     PyMem_Free(c);
     return result;
 }
 
+/* ---- one wake-up: kick, drain, re-arm, notify (serve) ----------------------------------------------------- */
+
+#define USED_F_NO_NOTIFY 1u
+#define AVAIL_F_NO_INTERRUPT 1u
+
+/* The ring's notification state, as SplitVirtqueue keeps it (its attributes are the one copy: serve() takes
+ * them in and gives them back every call). */
+typedef struct {
+    uint16_t last, used_idx;
+    unsigned long long counter;
+    int enabled;            /* _notifications_enabled */
+    uint16_t signalled_used; /* _signalled_used */
+    int signalled_valid;    /* _signalled_valid */
+    int event_idx;
+} wake_t;
+
+static inline uint16_t *avail_event(call_t *c) { /* after the used elements */
+    return (uint16_t *)((uint8_t *)c->used.buf + 4 + 8u * c->size);
+}
+
+static inline uint16_t load16(const uint8_t *p) { /* a single 16-bit load of a word the driver may write */
+    return ((uintptr_t)p & 1) == 0 ? __atomic_load_n((const uint16_t *)p, __ATOMIC_RELAXED) : le16(p);
+}
+
+static inline void store16(uint8_t *p, uint16_t v) {
+    if (((uintptr_t)p & 1) == 0)
+        __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELAXED);
+    else
+        memcpy(p, &v, 2);
+}
+
+/* SplitVirtqueue.disable_notifications: avail_event one behind last_avail_idx (EVENT_IDX: no kick for 65,535
+ * buffers), else NO_NOTIFY in used.flags. No fence: a kick that still comes only costs a spare wake-up. */
+static void disable_notify(call_t *c, wake_t *w) {
+    w->enabled = 0;
+    if (w->event_idx)
+        store16((uint8_t *)avail_event(c), (uint16_t)(w->last - 1));
+    else
+        store16(c->used.buf, load16(c->used.buf) | USED_F_NO_NOTIFY);
+}
+
+/* SplitVirtqueue.enable_notifications: re-arm, then a full fence, then re-read avail.idx. 1: buffers arrived
+ * meanwhile (drain again). The fence orders the re-arming store before the avail.idx load: without it x86 may
+ * satisfy the load first, the driver's next buffer is then seen by neither side (it read the old avail_event
+ * / flags and did not kick, we read the old avail.idx and sleep): a lost wake-up. */
+static int enable_notify(call_t *c, wake_t *w) {
+    w->enabled = 1;
+    if (w->event_idx)
+        store16((uint8_t *)avail_event(c), w->last);
+    else
+        store16(c->used.buf, (uint16_t)(load16(c->used.buf) & ~USED_F_NO_NOTIFY));
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return load_avail_idx(c->avail.buf) != w->last;
+}
+
+/* SplitVirtqueue.should_notify, decision for decision. The fence orders the used.idx store (drain_ring's)
+ * before the load of used_event / avail.flags: otherwise we might read the driver's old suppression state
+ * while it reads our old used.idx, and neither side acts (the guest waits for an interrupt that never comes). */
+static int should_notify(call_t *c, wake_t *w) {
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    const uint8_t *av = c->avail.buf;
+    uint16_t new = w->used_idx, old = w->signalled_used;
+    int valid = w->signalled_valid;
+    w->signalled_used = new;
+    w->signalled_valid = 1;
+    if (!w->event_idx) {
+        if (new == old && valid)
+            return 0;
+        return !(load16(av) & AVAIL_F_NO_INTERRUPT);
+    }
+    if (!valid)
+        return 1;
+    uint16_t used_event = load16(av + 4 + 2u * c->size);
+    /* vring_need_event: has used.idx crossed used_event moving from old to new (mod 2**16)? */
+    return (uint16_t)(new - used_event - 1) < (uint16_t)(new - old);
+}
+
+/* Write 1 to an eventfd; a full counter (EAGAIN) already means signalled, any other error is the front end's
+ * (RingIO._signal ignores them too). */
+static void signal_fd(int fd) {
+    uint64_t one = 1;
+    ssize_t r;
+    do {
+        r = write(fd, &one, sizeof one);
+    } while (r < 0 && errno == EINTR);
+}
+
+/* Read (and so reset) the kick eventfd, non-blocking. 0 read or nothing pending, -1 it can never be read (not
+ * an eventfd, EOF, error): the caller stops watching it, as engines/user/loop.drain_eventfd says. */
+static int drain_kick(int fd) {
+    uint64_t v;
+    ssize_t r;
+    do {
+        r = read(fd, &v, sizeof v);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0)
+        return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+    return r == 0 ? -1 : 0;
+}
+
+/* serve()'s statuses */
+#define SERVE_DONE 0       /* re-armed, nothing left, notification decided (and sent) */
+#define SERVE_PYTHON 1     /* a chain for Python at last_avail_idx; notifications disabled */
+#define SERVE_BAD_KICK -1  /* the kick fd cannot be read: nothing else was done */
+
+static int serve_ring(call_t *c, wake_t *w, int call_fd, int resume, uint32_t *done) {
+    for (;;) {
+        /* not again when resuming after Python's chain: VirtioScsi.process disables once per pass over the
+         * ring, and its drain goes on with the same avail_event / flags after a chain Python handled */
+        if (!resume)
+            disable_notify(c, w);
+        resume = 0;
+        if (drain_ring(c, &w->last, &w->used_idx, &w->counter, done))
+            return SERVE_PYTHON;
+        if (!enable_notify(c, w))
+            break;
+    }
+    /* as RingIO.completed: asked only when something was pushed this wake-up and there is a call fd */
+    if (*done && call_fd >= 0 && should_notify(c, w))
+        signal_fd(call_fd);
+    return SERVE_DONE;
+}
+
+PyDoc_STRVAR(serve_doc,
+"serve(ctx, kick_fd, call_fd, state, done, resume, resolve) -> (state, done, status)\n\n"
+"One wake-up of a request queue: read kick_fd (-1: none), then disable notifications / drain / re-enable\n"
+"behind a full fence / re-check until the ring is empty, then SplitVirtqueue.should_notify's decision and a\n"
+"write to call_fd (-1: none, no decision). state = (last_avail_idx, used_idx, counter, notifications_enabled,\n"
+"signalled_used, signalled_valid, event_idx), returned updated (event_idx unchanged). done: completions\n"
+"already pushed in this wake-up (by an earlier call and Python), returned with this call's added. resume:\n"
+"this call continues a pass after a chain Python handled (notifications are left disabled as they are).\n"
+"status 0: finished; 1: the chain at last_avail_idx is Python's (notifications left disabled); -1: the kick\n"
+"fd cannot be read, nothing done.");
+
+static PyObject *serve(PyObject *self, PyObject *args) {
+    PyObject *ctx, *resolve;
+    int kick_fd, call_fd;
+    unsigned int last, used_idx, signalled_used, done;
+    unsigned long long counter;
+    int enabled, signalled_valid, event_idx, resume;
+    if (!PyArg_ParseTuple(args, "O!ii(IIKpIpp)IpO", &PyTuple_Type, &ctx, &kick_fd, &call_fd, &last, &used_idx,
+                          &counter, &enabled, &signalled_used, &signalled_valid, &event_idx, &done, &resume,
+                          &resolve))
+        return NULL;
+    wake_t w = {(uint16_t)last, (uint16_t)used_idx, counter, enabled, (uint16_t)signalled_used,
+                signalled_valid, event_idx};
+    uint32_t n = done;
+    int status = SERVE_BAD_KICK;
+    if (kick_fd < 0 || drain_kick(kick_fd) == 0) {
+        call_t *c = PyMem_Calloc(1, sizeof(call_t));
+        if (c == NULL)
+            return PyErr_NoMemory();
+        int ok = call_open(c, ctx, resolve) == 0;
+        if (ok)
+            status = serve_ring(c, &w, call_fd, resume, &n);
+        release_all(c);
+        PyMem_Free(c);
+        if (!ok)
+            return NULL;
+    }
+    return Py_BuildValue("(IIKOIOO)Ii", (unsigned)w.last, (unsigned)w.used_idx, w.counter,
+                         w.enabled ? Py_True : Py_False, (unsigned)w.signalled_used,
+                         w.signalled_valid ? Py_True : Py_False, w.event_idx ? Py_True : Py_False, (unsigned)n,
+                         status);
+}
+
 static PyMethodDef methods[] = {
     {"drain", drain, METH_VARARGS, drain_doc},
+    {"serve", serve, METH_VARARGS, serve_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -28,6 +28,14 @@ except ImportError:
     _native = None
 
 AVAILABLE = _native is not None
+# The whole wake-up in C (`serve`): on unless VHOSTSCSI_NATIVE_WAKE=0 (read at import; the comparison switch of
+# bench/FASTPATH.md). Off, the request queues still drain through `drain`, with the wake-up loop in Python.
+WAKE = AVAILABLE and hasattr(_native, "serve") and os.environ.get("VHOSTSCSI_NATIVE_WAKE", "1") != "0"
+
+# native `serve` statuses (see _native.c)
+SERVE_DONE = 0
+SERVE_PYTHON = 1
+SERVE_BAD_KICK = -1
 
 # resolve(target, lun) -> None or (block_size, nblocks, read_only, fua_ok, write_through, io); see TargetPort.fast_lun
 Resolver = Callable[[int, int], "tuple[Any, ...] | None"]
@@ -50,6 +58,11 @@ def _inflight_reproducible(inflight: InflightQueue | None) -> bool:
 def usable(vq: SplitVirtqueue) -> bool:
     """Whether the C path may serve this ring now (module built and wanted, in-flight bookkeeping unchanged)."""
     return AVAILABLE and _inflight_reproducible(vq.inflight)
+
+
+def wake_usable(vq: SplitVirtqueue) -> bool:
+    """Whether a whole wake-up of this request ring may run in C (`serve`): the C path is usable and wanted."""
+    return WAKE and usable(vq)
 
 
 def _context(vq: SplitVirtqueue) -> tuple[Any, ...]:
@@ -94,3 +107,48 @@ def drain(vq: SplitVirtqueue, resolve: Resolver, command: Handler) -> int:
         vq.push(chain.head, command(chain.out, chain.in_, chain.error))
         done += 1
     return done
+
+
+def serve(vq: SplitVirtqueue, kick_fd: int, call_fd: int, resolve: Resolver, command: Handler) -> tuple[int, bool]:
+    """One wake-up of request queue `vq`, in C as far as it goes: read `kick_fd` (-1: none), drain with
+    notifications disabled, re-enable behind a full fence and re-check, then `should_notify`'s decision and the
+    write to `call_fd` (-1: none). It replaces `drain_eventfd` + `VirtioScsi.process` + `RingIO.completed`'s
+    notification for the rings `wake_usable` accepts, with the Python glue between them gone.
+
+    Returns (done, settled). done is -1 when the kick fd cannot be read (nothing else done: the caller stops
+    watching it). settled False means the ring broke: the notification decision is the caller's, as today
+    (`RingIO.completed`).
+
+    State: the ring's own attributes (last_avail_idx, used_idx, the notification flags, the in-flight counter)
+    are the one copy. They go into every C call and come back out of it, before anything else runs, so Python
+    code between calls (the chains C hands back, through `pop`/`push`) sees and updates the same values.
+    """
+    ctx = _context(vq)
+    wake = _native.serve  # type: ignore[union-attr]
+    inflight = vq.inflight
+    event_idx = vq.event_idx
+    done = 0
+    resume = False
+    while True:
+        state = (vq.last_avail_idx, vq.used_idx, inflight.counter if inflight is not None else 0,
+                 vq._notifications_enabled, vq._signalled_used, vq._signalled_valid, event_idx)
+        state, done, status = wake(ctx, kick_fd, call_fd, state, done, resume, resolve)
+        (vq.last_avail_idx, vq.used_idx, counter, vq._notifications_enabled, vq._signalled_used,
+         vq._signalled_valid, _) = state
+        if inflight is not None:
+            inflight.counter = counter
+        if status == SERVE_DONE:
+            return done, True
+        if status == SERVE_BAD_KICK:
+            return -1, True
+        kick_fd = -1  # read once per wake-up
+        resume = True  # the pass over the ring goes on after this chain, kicks still disabled
+        # The chain C left, by the Python path (or the ring damage it saw: pop breaks the ring with its reason).
+        # Notifications are disabled here, so pop leaves avail_event alone, as it does inside `process`.
+        chain = vq.pop()
+        if chain is None:
+            if vq.broken:
+                return done, False
+            continue  # the driver moved avail.idx back: C finds nothing, re-arms and re-checks as `process` would
+        vq.push(chain.head, command(chain.out, chain.in_, chain.error))
+        done += 1

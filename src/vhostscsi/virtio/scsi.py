@@ -183,6 +183,15 @@ class VirtioScsi:
             if vq.broken or not vq.enable_notifications():
                 return done
 
+    def wake(self, index: int, kick_fd: int, call_fd: int) -> tuple[int, bool] | None:
+        """One whole wake-up of request queue `index` in C (kick read, `process`, notification), when the ring
+        can take it (native.serve says how); None when it cannot (no ring, control/event queue, no C path):
+        the caller then reads the kick and calls `process` itself."""
+        vq = self.queues[index]
+        if vq is None or index == CONTROL_QUEUE or index == EVENT_QUEUE or not native.wake_usable(vq):
+            return None
+        return native.serve(vq, kick_fd, call_fd, self._fast_lun, self._command)
+
     def _process_native(self, vq: SplitVirtqueue) -> int:
         """`process` for a request queue with the C path (virtio.native): the same wake-up loop, with the quiet-LUN
         READ/WRITE chains run in C and every other chain by `_command`, in ring order."""

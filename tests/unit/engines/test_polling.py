@@ -217,6 +217,7 @@ def test_an_exception_while_polling_is_reported_and_stops_the_poller(rig, monkey
         raise RuntimeError("bug")
 
     monkeypatch.setattr(rig.device, "process", boom)
+    monkeypatch.setattr(rig.device, "wake", lambda *_args: boom(0))  # the whole wake-up in C, where built
     assert rig.poller.poll() is False
     assert rig.errors == [rig.ring]
 

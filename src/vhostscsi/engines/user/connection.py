@@ -265,20 +265,23 @@ class Connection:
     def _on_kick(self, ring: RingIO) -> None:
         if ring.kick is None:
             return
-        if drain_eventfd(ring.kick) < 0:
+        n = 0
+        if ring.started:
+            try:
+                n = ring.serve_kick(self.device)  # reads the kick fd first (in C for a request ring)
+            except Exception:
+                self._serve_failed(ring)
+                return
+        elif drain_eventfd(ring.kick) < 0:
+            n = -1
+        if n < 0:
             log.warning("%s: kick fd of ring %d is not an eventfd; no longer watched", self.label, ring.index)
             self.loop.remove_reader(ring.kick)
             os.close(ring.kick)
             ring.set_kick(None)
             return
-        if ring.started:
-            try:
-                n = ring.serve(self.device)
-            except Exception:
-                self._serve_failed(ring)
-                return
-            if n and self.poll_window > 0 and ring.index >= FIRST_REQUEST_QUEUE:
-                self._poll(ring)
+        if n and self.poll_window > 0 and ring.index >= FIRST_REQUEST_QUEUE:
+            self._poll(ring)
 
     def _poll(self, ring: RingIO) -> None:
         poller = self._pollers.get(ring.index)

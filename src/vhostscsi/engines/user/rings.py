@@ -12,6 +12,7 @@ import os
 import time
 from typing import Callable
 
+from vhostscsi.engines.user.loop import drain_eventfd
 from vhostscsi.virtio.scsi import VirtioScsi
 
 log = logging.getLogger("vhostscsi.serve")
@@ -101,9 +102,35 @@ class RingIO:
         """Drain the ring (the device re-checks after re-arming notifications) and signal completions."""
         if not self.enabled:
             return 0
-        n = device.process(self.index)
-        self.completed(device, n)
+        wake = device.wake(self.index, -1, -1 if self.call is None else self.call)
+        if wake is not None:
+            n, settled = wake
+        else:
+            n, settled = device.process(self.index), False
+        if not settled:
+            self.completed(device, n)
         return n
+
+    def serve_kick(self, device: VirtioScsi) -> int:
+        """A kick's wake-up: read the kick fd, then `serve`. Returns completions pushed, or -1 when the kick fd
+        can never be read (the caller stops watching it; nothing was served).
+
+        Why one method: for a request ring the C side (VirtioScsi.wake) does the kick read, the drain, the
+        re-arming and the call-fd write in one call, with no Python between them: at QD1 that glue is on
+        the guest's critical path. Other rings read the kick here and go through `serve`."""
+        kick = self.kick
+        if kick is None:
+            return 0
+        if self.enabled:
+            wake = device.wake(self.index, kick, -1 if self.call is None else self.call)
+            if wake is not None:
+                n, settled = wake
+                if not settled:
+                    self.completed(device, n)
+                return n
+        if drain_eventfd(kick) < 0:
+            return -1
+        return self.serve(device)
 
     def completed(self, device: VirtioScsi, n: int) -> None:
         """Signal the call fd for ``n`` new used entries if the driver wants it; report a broken ring once."""

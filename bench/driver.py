@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vhostscsi.hostdriver.bench import Slot, _fill_header, _make_slots, _ok
-from vhostscsi.hostdriver.frontend import FrontEnd, FrontEndError
+from vhostscsi.hostdriver.frontend import FrontEnd, FrontEndError, wait_readable
 from vhostscsi.hostdriver.guestram import GuestRam
 from vhostscsi.hostdriver.initiator import ScsiInitiator
 from vhostscsi.hostdriver.vring import DriverRing
@@ -163,7 +163,7 @@ def _drive(fe: FrontEnd, ram: GuestRam, ring: DriverRing, q: int, slots: list[Sl
     def wait_call(timeout: float) -> bool:
         """As FrontEnd.wait_call, but the eventfd counter is kept: it is how many times the back end signalled."""
         nonlocal calls
-        if not select.select([call_fd], [], [], timeout)[0]:
+        if not wait_readable(call_fd, timeout):
             return False
         try:
             calls += os.eventfd_read(call_fd)

@@ -39,6 +39,14 @@ SUPPORTED_PROTOCOL_FEATURES = (
 )
 
 
+
+def wait_readable(fd: int, timeout: float) -> bool:
+    """Whether `fd` becomes readable within `timeout` seconds. poll, not select: a test process that has opened
+    many fds hands out numbers above select's FD_SETSIZE (1024), which select refuses."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0.0, timeout) * 1000))
+
 class FrontEndError(RuntimeError):
     """The back end did not answer as the protocol requires (timeout, hang-up, failure ack, wrong reply)."""
 
@@ -105,8 +113,7 @@ class FrontEnd:
     def recv(self, timeout: float | None = None) -> Message:
         deadline = timeout if timeout is not None else self.timeout
         while not self._inbox:
-            r, _, _ = select.select([self.sock], [], [], deadline)
-            if not r:
+            if not wait_readable(self.sock.fileno(), deadline):
                 raise FrontEndError(f"no reply from the back end within {deadline:g} s")
             data, fds, _flags, _addr = socket.recv_fds(self.sock, 65536, 8)
             if not data:
@@ -212,8 +219,7 @@ class FrontEnd:
     def wait_call(self, index: int, timeout: float) -> bool:
         """Wait for the back end to signal ring `index`; True if it did (the counter is consumed)."""
         fd = self.rings[index].call
-        r, _, _ = select.select([fd], [], [], timeout)
-        if not r:
+        if not wait_readable(fd, timeout):
             return False
         try:
             os.eventfd_read(fd)

@@ -137,7 +137,7 @@ def run_case(p: dict[str, Any], seed: int) -> None:
                 ram_writes: list[tuple[int, bytes]] = []
                 lay = Layout(rng)
                 heads: list[int] = []
-                room = size - (outstanding & 0xFFFF)
+                room = max(0, size - (outstanding & 0xFFFF))  # a broken ring may hold more than it can
                 for _ in range(rng.randrange(0, room + 1)):
                     head = add_chain(rng, p, request_chain(rng, lay, ram_writes, p["regions"] == 1), desc, free,
                                      tables, ram_writes)

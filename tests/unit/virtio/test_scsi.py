@@ -90,6 +90,18 @@ class Rig:
             self.dev.set_queue(q, SplitVirtqueue.from_uva(self.mem, size, d, a, u, event_idx=True))
             self.rings[q] = drv
 
+    def close(self) -> None:
+        """Unmap and close the memfd: GuestRam's memfd is a plain fd number that garbage collection never closes,
+        and a hypothesis test makes a hundred rigs (a leak there pushed later tests past select's FD_SETSIZE)."""
+        self.mem.close()
+        self.ram.close()
+
+    def __enter__(self) -> "Rig":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def buf(self, data: bytes | int) -> tuple[int, int]:
         n = data if isinstance(data, int) else len(data)
         gpa = self.ram.alloc(n)
@@ -119,7 +131,9 @@ def parse_resp(raw: bytes) -> tuple[int, int, int, int, int, bytes]:
 
 @pytest.fixture
 def rig():
-    return Rig()
+    r = Rig()
+    yield r
+    r.close()
 
 
 def test_lun_field_layout() -> None:
@@ -255,19 +269,19 @@ def test_events_hotplug_unplug_resize(rig: Rig) -> None:
 
 
 def test_events_wait_for_buffers_and_overflow_sets_missed() -> None:
-    rig = Rig()
-    rig.dev.max_pending_events = 2
-    assert rig.dev.lun_added(1, 0) == 0
-    assert rig.dev.lun_added(1, 1) == 0
-    assert rig.dev.lun_added(1, 2) == 0  # the oldest is dropped
-    b = [rig.buf(vs.EVENT_SIZE) for _ in range(3)]
-    for x in b:
-        rig.rings[1].add([], [x])
-    assert rig.dev.process(1) == 2
-    first = struct.unpack("<I8sI", rig.ram.read(*b[0]))
-    second = struct.unpack("<I8sI", rig.ram.read(*b[1]))
-    assert first == (vs.T_TRANSPORT_RESET | vs.T_EVENTS_MISSED, vs.event_lun_bytes(1, 1), vs.EVT_RESET_RESCAN)
-    assert second == (vs.T_TRANSPORT_RESET, vs.event_lun_bytes(1, 2), vs.EVT_RESET_RESCAN)
+    with Rig() as rig:
+        rig.dev.max_pending_events = 2
+        assert rig.dev.lun_added(1, 0) == 0
+        assert rig.dev.lun_added(1, 1) == 0
+        assert rig.dev.lun_added(1, 2) == 0  # the oldest is dropped
+        b = [rig.buf(vs.EVENT_SIZE) for _ in range(3)]
+        for x in b:
+            rig.rings[1].add([], [x])
+        assert rig.dev.process(1) == 2
+        first = struct.unpack("<I8sI", rig.ram.read(*b[0]))
+        second = struct.unpack("<I8sI", rig.ram.read(*b[1]))
+        assert first == (vs.T_TRANSPORT_RESET | vs.T_EVENTS_MISSED, vs.event_lun_bytes(1, 1), vs.EVT_RESET_RESCAN)
+        assert second == (vs.T_TRANSPORT_RESET, vs.event_lun_bytes(1, 2), vs.EVT_RESET_RESCAN)
 
 
 def test_many_requests_one_wakeup_and_notification(rig: Rig) -> None:
@@ -294,21 +308,21 @@ from hypothesis import strategies as st  # noqa: E402
 def test_random_requests_on_every_queue_never_escape(reqs) -> None:
     """Random request bytes and buffer layouts on control, event and request queues: every chain completes,
     nothing raises, and the used lengths never exceed what the driver offered."""
-    rig = Rig(size=16)
-    offered = {}
-    for raw, ins, q in reqs:
-        out = [rig.buf(raw)] if raw else []
-        inb = [rig.buf(n) for n in ins if n]
-        if not out and not inb:
-            continue
-        head = rig.rings[q].add(out, inb, indirect=True)
-        offered[(q, head)] = sum(n for _g, n in inb)
-    for q in (0, 2):
-        rig.dev.process(q)
-    for q in (0, 2):
-        for u in rig.rings[q].get_used():
-            assert u.length <= offered[(q, u.head)]
-    assert rig.dev.errors == 0
+    with Rig(size=16) as rig:
+        offered = {}
+        for raw, ins, q in reqs:
+            out = [rig.buf(raw)] if raw else []
+            inb = [rig.buf(n) for n in ins if n]
+            if not out and not inb:
+                continue
+            head = rig.rings[q].add(out, inb, indirect=True)
+            offered[(q, head)] = sum(n for _g, n in inb)
+        for q in (0, 2):
+            rig.dev.process(q)
+        for q in (0, 2):
+            for u in rig.rings[q].get_used():
+                assert u.length <= offered[(q, u.head)]
+        assert rig.dev.errors == 0
 
 
 class FillingPort:
@@ -365,9 +379,9 @@ def test_malformed_core_result_is_target_failure_not_a_crash() -> None:
         def execute(self, nexus, lun, cdb, data_out, data_in):
             return object()  # no status, no sense: a core bug must not take the ring (or the daemon) down
 
-    rig = Rig()
-    rig.dev.ports[1] = Junk()
-    resp = rig.buf(vs.RESP_SIZE)
-    rig.rings[2].add([rig.buf(req(1, 0, read10(0, 1)))], [resp, rig.buf(512)])
-    assert rig.dev.process(2) == 1
-    assert parse_resp(rig.ram.read(*resp))[4] == vs.S_TARGET_FAILURE and rig.dev.errors == 1
+    with Rig() as rig:
+        rig.dev.ports[1] = Junk()
+        resp = rig.buf(vs.RESP_SIZE)
+        rig.rings[2].add([rig.buf(req(1, 0, read10(0, 1)))], [resp, rig.buf(512)])
+        assert rig.dev.process(2) == 1
+        assert parse_resp(rig.ram.read(*resp))[4] == vs.S_TARGET_FAILURE and rig.dev.errors == 1

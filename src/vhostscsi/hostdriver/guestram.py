@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import weakref
 
 from vhostscsi.vhost_user.codec import RegionDesc
 from vhostscsi.virtio.memory import GuestMemory
@@ -31,6 +32,9 @@ class GuestRam:
         # which adds F_SEAL_SHRINK; allow_sealing=False makes the unsealable kind, like a plain file)
         flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if allow_sealing else 0)
         self.fd = os.memfd_create("vhostscsi-guest-ram", flags)
+        # The memfd is a bare fd number: without this, a GuestRam dropped unclosed (tests make thousands) would keep
+        # it open for the life of the process, and enough of them exhaust select's FD_SETSIZE or the fd limit.
+        self._close_fd = weakref.finalize(self, os.close, self.fd)
         os.ftruncate(self.fd, size)
         self._map = mmap.mmap(self.fd, size, mmap.MAP_SHARED)
         self.mem = memoryview(self._map)
@@ -47,7 +51,7 @@ class GuestRam:
         except BufferError:
             pass
         if self.fd >= 0:
-            os.close(self.fd)
+            self._close_fd()  # os.close, once
             self.fd = -1
 
     def __enter__(self) -> "GuestRam":

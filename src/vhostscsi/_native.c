@@ -21,6 +21,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/uio.h>
@@ -82,6 +83,17 @@ typedef struct {
     int nluns;
     PyObject *resolve;
 } call_t;
+
+/* A call_t with everything zeroed but the two region arrays (about 26 KiB of the 27): only their first nregions
+ * entries are ever read, each written first, and zeroing them on every wake-up cost about a microsecond. */
+static call_t *call_new(void) {
+    call_t *c = PyMem_Malloc(sizeof(call_t));
+    if (c == NULL)
+        return NULL;
+    memset(c, 0, offsetof(call_t, rbufs));
+    memset(&c->nregions, 0, sizeof(call_t) - offsetof(call_t, nregions));
+    return c;
+}
 
 static inline uint16_t le16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 static inline uint32_t be32(const uint8_t *p) {
@@ -545,7 +557,7 @@ static PyObject *drain(PyObject *self, PyObject *args) {
     unsigned long long counter;
     if (!PyArg_ParseTuple(args, "O!IIKO", &PyTuple_Type, &ctx, &last, &used_idx, &counter, &resolve))
         return NULL;
-    call_t *c = PyMem_Calloc(1, sizeof(call_t));
+    call_t *c = call_new();
     if (c == NULL)
         return PyErr_NoMemory();
     PyObject *result = NULL;
@@ -710,7 +722,7 @@ static PyObject *serve(PyObject *self, PyObject *args) {
     uint32_t n = done;
     int status = SERVE_BAD_KICK;
     if (kick_fd < 0 || drain_kick(kick_fd) == 0) {
-        call_t *c = PyMem_Calloc(1, sizeof(call_t));
+        call_t *c = call_new();
         if (c == NULL)
             return PyErr_NoMemory();
         int ok = call_open(c, ctx, resolve) == 0;

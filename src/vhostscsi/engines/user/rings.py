@@ -102,12 +102,9 @@ class RingIO:
         """Drain the ring (the device re-checks after re-arming notifications) and signal completions."""
         if not self.enabled:
             return 0
-        wake = device.wake(self.index, -1, -1 if self.call is None else self.call)
-        if wake is not None:
-            n, settled = wake
-        else:
-            n, settled = device.process(self.index), False
-        if not settled:
+        n = self._wake(device, -1)
+        if n is None:
+            n = device.process(self.index)
             self.completed(device, n)
         return n
 
@@ -122,15 +119,23 @@ class RingIO:
         if kick is None:
             return 0
         if self.enabled:
-            wake = device.wake(self.index, kick, -1 if self.call is None else self.call)
-            if wake is not None:
-                n, settled = wake
-                if not settled:
-                    self.completed(device, n)
+            n = self._wake(device, kick)
+            if n is not None:
                 return n
         if drain_eventfd(kick) < 0:
             return -1
         return self.serve(device)
+
+    def _wake(self, device: VirtioScsi, kick: int) -> int | None:
+        """One wake-up in C (`VirtioScsi.wake`, reading `kick` first unless -1), with `completed` only when the C
+        side left the notification to Python (a broken ring); None when this ring has no C wake-up."""
+        wake = device.wake(self.index, kick, -1 if self.call is None else self.call)
+        if wake is None:
+            return None
+        n, settled = wake
+        if not settled:
+            self.completed(device, n)
+        return n
 
     def completed(self, device: VirtioScsi, n: int) -> None:
         """Signal the call fd for ``n`` new used entries if the driver wants it; report a broken ring once."""

@@ -13,9 +13,11 @@ import os
 import socket
 from typing import Callable, Mapping
 
+from vhostscsi.engines.user.coalesce import CoalescePolicy
 from vhostscsi.engines.user.listener import Peer
 from vhostscsi.engines.user.loop import PRIO_CONTROL, PRIO_DATA, EventLoop, Timer, drain_eventfd
 from vhostscsi.engines.user.rings import POLL_WINDOW, RingIO, RingPoller
+from vhostscsi.engines.user.timerfd import Timerfd
 from vhostscsi.vhost_user import codec
 from vhostscsi.vhost_user.codec import Decoder, Message, ProtocolError
 from vhostscsi.vhost_user.protocol import MAX_FDS, VIRTIO_SCSI_F_HOTPLUG, bit
@@ -81,7 +83,9 @@ class Connection:
         *,
         allow_unsealed_memory: bool = False,
         poll_window: float = POLL_WINDOW,
+        coalesce: float = 0.0,
     ) -> None:
+        """`coalesce`: interrupt coalescing bound in seconds for the request rings (0: off; coalesce.py)."""
         self.loop = loop
         self.sock = sock
         self.peer = peer
@@ -94,6 +98,10 @@ class Connection:
         # Request rings are polled for `poll_window` seconds after a kick-driven batch (rings.RingPoller).
         self.poll_window = poll_window
         self._pollers: dict[int, RingPoller] = {}
+        # Interrupt coalescing (coalesce.py): each request ring gets a hold policy and a timerfd when it first
+        # starts; `_held` lists those rings, whose holds every stop path flushes (`flush_holds`).
+        self.coalesce = coalesce
+        self._held: list[RingIO] = []
         self.decoder = Decoder()
         self.closed = False
         self._reported_state = 0  # request queues running, as last logged
@@ -143,6 +151,13 @@ class Connection:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: <- %s %s", self.label, msg.name(), msg.payload.hex())
         arrived = {fd: _identity(fd) for fd in msg.fds}
+        # Every control message ends the running holds first, decided and signalled over the ring as it still is:
+        # GET_VRING_BASE and RESET_* stop rings, SET_VRING_ENABLE 0 disables one, SET_VRING_CALL replaces the fd
+        # the held call is owed to, SET_MEM_TABLE / ADD/REM_MEM_REG / SET_VRING_ADDR / SET_VRING_KICK rebuild the
+        # ring over new memory (the old ring's signalled-used state is dropped, and the old memory unmapped),
+        # SET_STATUS 0 resets the device. None of them is on the data path, so one rule with no list to go stale.
+        if self._held:
+            self.flush_holds()
         try:
             response = self.session.handle(msg)
         except UnsealedMemoryRefused as e:
@@ -218,6 +233,8 @@ class Connection:
 
     def _ring_started(self, a: RingStarted) -> None:
         ring = self.rings[a.index]
+        if self.coalesce > 0 and a.index >= FIRST_REQUEST_QUEUE and ring.hold is None:
+            self._add_hold(ring)
         self.device.set_queue(a.index, a.vq)
         ring.started = True
         ring.restarted()
@@ -228,6 +245,41 @@ class Connection:
             self._ask_rescan_if_resumed()
         # Requests may already wait in the ring (a restart after reboot, or a kick QEMU sent before the fd).
         ring.serve(self.device)
+
+    def _add_hold(self, ring: RingIO) -> None:
+        """Give a request ring its hold policy and its timerfd (watched at data priority, like its kick fd)."""
+        try:
+            timer = Timerfd()
+        except OSError as e:  # out of fds: serve the ring uncoalesced rather than not at all
+            log.warning("%s: ring %d: no timerfd for interrupt coalescing (%s); its calls are not held",
+                        self.label, ring.index, e.strerror or e)
+            return
+        ring.hold = CoalescePolicy(self.coalesce)
+        ring.timer = timer
+        assert timer.fd is not None
+        self.loop.add_reader(timer.fd, lambda: self._on_hold_timer(ring), PRIO_DATA)
+        self._held.append(ring)
+
+    def _on_hold_timer(self, ring: RingIO) -> None:
+        timer = ring.timer
+        if timer is None or timer.fd is None:
+            return
+        timer.consume()
+        try:
+            ring.flush(self.device, disarm=False)
+        except Exception:
+            self._serve_failed(ring)
+
+    def flush_holds(self) -> int:
+        """End every held call now (decide, signal); returns how many were held. Before guest memory can go."""
+        return sum(ring.flush(self.device) for ring in self._held)
+
+    def _log_holds(self) -> None:
+        """What coalescing did for this guest (an admin deciding whether it pays; the guest test reads it)."""
+        policies = [ring.hold for ring in self._held if ring.hold is not None]
+        if policies:
+            log.info("%s: interrupt coalescing: %d holds, %d of them batched completions", self.label,
+                     sum(p.holds for p in policies), sum(p.batched_holds for p in policies))
 
     def _ask_rescan_if_resumed(self) -> None:
         """On a reconnect to a running guest, have it rescan: LUNs added or removed while no daemon ran were never
@@ -324,11 +376,19 @@ class Connection:
         for poller in self._pollers.values():
             self.loop.remove_poller(poller)
             poller.active = False
+        try:
+            self.flush_holds()  # a held call goes out while the rings and guest memory are still there
+        except Exception:
+            log.exception("%s: internal error flushing held interrupts", self.label)
+        self._log_holds()
         self._apply(self.session.close())  # stops rings, unmaps guest memory
         for ring in self.rings:
             if ring.kick is not None:
                 self.loop.remove_reader(ring.kick)
+            if ring.timer is not None and ring.timer.fd is not None:
+                self.loop.remove_reader(ring.timer.fd)
             ring.close()
+        self._held.clear()
         for fd in self.decoder.take_fds():
             os.close(fd)
         self.sock.close()

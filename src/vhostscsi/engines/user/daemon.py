@@ -29,9 +29,12 @@ WATCH_INTERVAL = 1.0
 
 class Daemon:
     def __init__(self, config_path: Path, socket_dir: Path, *, watch_interval: float = WATCH_INTERVAL,
-                 allow_unsealed_memory: bool = False) -> None:
+                 allow_unsealed_memory: bool = False, coalesce_us: int = 0) -> None:
+        """`coalesce_us`: hold a request queue's interrupt up to that long to signal several completions at once
+        (coalesce.py; 0: off, the default)."""
         self.config_path = Path(config_path)
         self.allow_unsealed_memory = allow_unsealed_memory
+        self.coalesce_us = coalesce_us
         self.socket_dir = Path(socket_dir)
         self.watch_interval = watch_interval
         self.loop = EventLoop()
@@ -161,7 +164,8 @@ class Daemon:
                     failed_devices.add(path)
             case d.AddTarget(wwn):
                 svc = TargetService(self.loop, wwn, socket_path(self.socket_dir, wwn),
-                                    allow_unsealed_memory=self.allow_unsealed_memory)
+                                    allow_unsealed_memory=self.allow_unsealed_memory,
+                                    coalesce=self.coalesce_us / 1e6)
                 try:
                     svc.start()
                 except ListenerError as e:

@@ -12,8 +12,11 @@ import os
 import time
 from typing import Callable
 
+from vhostscsi.engines.user.coalesce import CoalescePolicy, Verdict
 from vhostscsi.engines.user.loop import drain_eventfd
+from vhostscsi.engines.user.timerfd import Timerfd
 from vhostscsi.virtio.scsi import VirtioScsi
+from vhostscsi.virtio.virtqueue import SplitVirtqueue
 
 log = logging.getLogger("vhostscsi.serve")
 
@@ -63,9 +66,15 @@ def _signal(fd: int) -> None:
 
 
 class RingIO:
-    """One vring's eventfds. ``serve()`` is the whole data path of a wake-up."""
+    """One vring's eventfds. ``serve()`` is the whole data path of a wake-up.
 
-    __slots__ = ("index", "kick", "call", "err", "enabled", "started", "_broken_reported", "label")
+    With interrupt coalescing (a request ring of a daemon started with --coalesce-us), `hold` decides after each
+    batch whether the call is signalled now or held, and `timer` (a timerfd the connection watches) ends a hold
+    at its deadline: `flush()` then decides and signals for everything pushed since the last signal. Without it
+    (`hold` None) every path below is exactly the uncoalesced one.
+    """
+
+    __slots__ = ("index", "kick", "call", "err", "enabled", "started", "_broken_reported", "label", "hold", "timer")
 
     def __init__(self, index: int, label: str) -> None:
         self.index = index
@@ -76,6 +85,8 @@ class RingIO:
         self.enabled = True
         self.started = False
         self._broken_reported = False
+        self.hold: CoalescePolicy | None = None
+        self.timer: Timerfd | None = None
 
     def set_kick(self, fd: int | None) -> int | None:
         """Swap the kick fd; returns the old one (the caller unregisters it from the loop, then closes it)."""
@@ -128,13 +139,24 @@ class RingIO:
 
     def _wake(self, device: VirtioScsi, kick: int) -> int | None:
         """One wake-up in C (`VirtioScsi.wake`, reading `kick` first unless -1), with `completed` only when the C
-        side left the notification to Python (a broken ring); None when this ring has no C wake-up."""
-        wake = device.wake(self.index, kick, -1 if self.call is None else self.call)
+        side left the notification to Python (a broken ring); None when this ring has no C wake-up.
+
+        With coalescing the C side gets no call fd (-1: it skips the notification decision, leaving the ring's
+        signalled-used state alone), and the hold policy decides here, as `completed` does for the Python path."""
+        call = self.call
+        if self.hold is None or call is None:
+            wake = device.wake(self.index, kick, -1 if call is None else call)
+            if wake is None:
+                return None
+            n, settled = wake
+            if not settled:
+                self.completed(device, n)
+            return n
+        wake = device.wake(self.index, kick, -1)
         if wake is None:
             return None
-        n, settled = wake
-        if not settled:
-            self.completed(device, n)
+        n, _settled = wake
+        self.completed(device, n)  # C decided nothing (no call fd): the hold or the signal is decided here
         return n
 
     def completed(self, device: VirtioScsi, n: int) -> None:
@@ -142,14 +164,52 @@ class RingIO:
         vq = device.queues[self.index]
         if vq is None:
             return
-        if n and self.call is not None and vq.should_notify():
-            _signal(self.call)
+        if n > 0 and self.call is not None:
+            self._notify(vq)
         if vq.broken and not self._broken_reported:
             self._broken_reported = True
             log.error("%s: ring %d is broken (%s); the guest must reset the device", self.label, self.index,
                       vq.broken_reason)
             if self.err is not None:
                 _signal(self.err)
+
+    def _notify(self, vq: SplitVirtqueue) -> None:
+        """New used entries and a call fd: signal now if the driver wants it, or hold the call (coalescing)."""
+        hold = self.hold
+        if hold is not None:
+            if vq.broken:
+                hold.end()  # the guest must see this ring's state now: no hold, and none left running
+            else:
+                verdict = hold.completions()
+                if verdict is Verdict.JOINED:
+                    return
+                if verdict is Verdict.HOLD:
+                    assert self.timer is not None
+                    self.timer.arm_at(hold.deadline)
+                    return
+        assert self.call is not None
+        if vq.should_notify():
+            _signal(self.call)
+
+    def flush(self, device: VirtioScsi, *, disarm: bool = True) -> bool:
+        """End a held call now: should_notify over everything pushed since the last signal (it compares against
+        the last signalled used index, so EVENT_IDX stays exact), then the call fd. Returns whether a hold was
+        running. Called by the hold's timer (`disarm=False`: it has expired) and, before anything stops the ring,
+        swaps its call fd or its memory, by the connection; a ring already stopped is signalled unconditionally
+        (an interrupt with nothing new costs the guest nothing; a lost one hangs it)."""
+        hold = self.hold
+        if hold is None or not hold.holding:
+            return False
+        hold.end()
+        if disarm and self.timer is not None and self.timer.fd is not None:
+            self.timer.disarm()
+        call = self.call
+        if call is None:
+            return True
+        vq = device.queues[self.index]
+        if vq is None or vq.should_notify():
+            _signal(call)
+        return True
 
     def restarted(self) -> None:
         self._broken_reported = False
@@ -159,6 +219,10 @@ class RingIO:
         self.kick = None
         self.set_call(None)
         self.set_err(None)
+        if self.timer is not None:
+            self.timer.close()
+            self.timer = None
+        self.hold = None
 
 
 POLL_GROW_START = 10e-6  # the window a shrunk-to-zero poller grows back to first (KVM halt-polling's idea)

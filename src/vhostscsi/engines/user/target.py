@@ -20,9 +20,11 @@ log = logging.getLogger("vhostscsi.serve")
 
 
 class TargetService:
-    def __init__(self, loop: EventLoop, wwn: str, path: Path, *, allow_unsealed_memory: bool = False) -> None:
+    def __init__(self, loop: EventLoop, wwn: str, path: Path, *, allow_unsealed_memory: bool = False,
+                 coalesce: float = 0.0) -> None:
         self.loop = loop
         self.allow_unsealed_memory = allow_unsealed_memory
+        self.coalesce = coalesce  # interrupt coalescing bound, seconds (0: off)
         self.wwn = wwn
         self.path = path
         self.ports: dict[int, TargetPort] = {}
@@ -56,7 +58,7 @@ class TargetService:
         log.info("%s: connected: %s", self.wwn, peer)
         log_restart_note(self.wwn, peer.pid, self.path)
         self.connection = Connection(self.loop, sock, peer, self.wwn, self.ports, self.nexus, self._closed,
-                                     allow_unsealed_memory=self.allow_unsealed_memory)
+                                     allow_unsealed_memory=self.allow_unsealed_memory, coalesce=self.coalesce)
 
     def _closed(self, conn: Connection) -> None:
         if self.connection is conn:

@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -80,7 +81,8 @@ snap() {
   echo "--schedstat"; grep '^cpu0 ' /proc/schedstat
   echo "--end"
 }
-for spec in %(jobs)s; do
+JOBSEL=$(sed -n 's/.*benchjobs=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')
+for spec in ${JOBSEL:-%(jobs)s}; do
   set -- $(echo $spec | tr _ ' ')
   echo "%(mark)s-BEGIN $1-$2-qd$3"
   snap
@@ -252,11 +254,19 @@ SIDES: dict[str, dict[str, Any]] = {
 }
 
 
+QTRACE: Path | None = None  # --qtrace: QEMU built with bench/QEMU-TCG.md's event log records into this directory
+PERF_PROCS = ("qemu", "daemon")  # --perf-qemu-only: ("qemu",), the daemon left untraced (tracing slows its answers)
+NICE: int | None = None  # --nice: every thread of QEMU and of the daemon gets this nice value once both are up
+JOB_SELECTION = ""  # --jobs: the guest runs only these (benchjobs= on its command line), in JOBS' spelling
+
+
 def boot(side: str, img: GuestImage, image_file: Path, work: Path, seconds: int, sockdir: Path, size: int,
          say: Callable[[str], None], pyspy: tuple[str, int, Path] | None = None,
-         perf_sw: tuple[str, int, Path] | None = None) -> dict[str, Any]:
+         perf_sw: tuple[str, int, Path] | None = None,
+         perf_rec: tuple[str, int, Path, list[str]] | None = None) -> dict[str, Any]:
     """One boot of ``side``; ``pyspy``: (job name part, seconds, directory) to sample the daemon during that job;
-    ``perf_sw``: the same to record the vCPU thread's context switches with their stacks."""
+    ``perf_sw``: the same to record the vCPU thread's context switches with their stacks; ``perf_rec``: the same
+    plus perf record options, recorded on every thread of QEMU and of the daemon."""
     spec = SIDES[side]
     spy = None
     tracers: list[subprocess.Popen[bytes]] = []
@@ -286,8 +296,21 @@ def boot(side: str, img: GuestImage, image_file: Path, work: Path, seconds: int,
             lun = 0
         wd = work / f"counts-{side}"
         args = [*args, "-name", f"counts-{side},debug-threads=on"]  # thread names: CPU 0/TCG, worker, ...
-        gst = start_guest(img, args, workdir=wd, append=f"{DEFAULT_APPEND} benchlun={lun} benchsecs={seconds}")
+        qtrace_file = None
+        if QTRACE is not None:  # the instrumented QEMU's log (QTRACE_FILE, written when QEMU exits) and our markers
+            n = len(list(QTRACE.glob(f"{side}-*.qtrace")))
+            qtrace_file = QTRACE / f"{side}-{n + 1}.qtrace"
+            os.environ["QTRACE_FILE"] = str(qtrace_file)
+        try:
+            gst = start_guest(img, args, workdir=wd, append=f"{DEFAULT_APPEND} benchlun={lun} benchsecs={seconds}"
+                                                                 + (f" benchjobs={JOB_SELECTION}" if JOB_SELECTION else ""))
+        finally:
+            os.environ.pop("QTRACE_FILE", None)
         procs["qemu"] = gst.proc.pid
+        if NICE is not None:  # threads started later (QEMU's workers) inherit it from the thread that starts them
+            for pid in procs.values():
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    os.setpriority(os.PRIO_PROCESS, int(tid), NICE)
         snaps: dict[str, tuple[Any, ...]] = {}
         deadline = time.monotonic() + 120 + 6 * seconds * len(JOBS)
         seen = 0
@@ -312,11 +335,20 @@ def boot(side: str, img: GuestImage, image_file: Path, work: Path, seconds: int,
                                 ["perf", "record", "-q", "-e", "sched:sched_switch", "--call-graph", "dwarf,16384",
                                  "-t", tid, "-o", str(out_file), "--", "sleep", str(perf_sw[1])],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                    if perf_rec and marks[seen].startswith("BEGIN") and perf_rec[0] in marks[seen]:
+                        pids = ",".join(str(procs[p]) for p in PERF_PROCS if p in procs)
+                        out_file = perf_rec[2] / f"{side}-{marks[seen].split()[1]}.perf.data"
+                        tracers.append(subprocess.Popen(
+                            ["perf", "record", "-q", *perf_rec[3], "-p", pids, "-o", str(out_file),
+                             "--", "sleep", str(perf_rec[1])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                     if pyspy and "daemon" in procs and marks[seen].startswith("BEGIN") and pyspy[0] in marks[seen]:
                         spy = subprocess.Popen(["py-spy", "record", "-p", str(procs["daemon"]), "-d", str(pyspy[1]),
                                                 "-r", "1000", "--nonblocking", "-f", "raw",
                                                 "-o", str(pyspy[2] / f"{side}-{marks[seen].split()[1]}.pyspy.txt")],
                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    if qtrace_file is not None:
+                        with open(f"{qtrace_file}.marks", "a") as mf:
+                            mf.write(f"{time.monotonic_ns()} {marks[seen]}\n")
                     snaps[f"{seen}"] = ({**{p: threads(pid) for p, pid in procs.items()}, "self": threads(os.getpid())},
                                         host_cpu(), time.monotonic(), jit(qmp))
                     seen += 1
@@ -419,7 +451,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--perf-switches", nargs=2, metavar=("JOB", "DIR"), default=None,
                     help="perf record the context switches of QEMU's vCPU thread (sched:sched_switch, DWARF stacks) for the job "
                          "whose name contains JOB into DIR/<side>-<job>-vcpu.perf.data (then: perf report -i ... --stdio)")
+    ap.add_argument("--perf-record", nargs=3, metavar=("JOB", "DIR", "OPTIONS"), default=None,
+                    help="perf record every thread of QEMU and of the daemon during the job whose name contains JOB, with "
+                         "OPTIONS (one shell-quoted string, e.g. '-e sched:sched_switch,sched:sched_wakeup -k mono'), "
+                         "into DIR/<side>-<job>.perf.data; bench/QEMU-TCG.md shows the uses")
+    ap.add_argument("--jobs", nargs="+", default=None, metavar="JOB",
+                    help="run only the fio jobs whose name (e.g. randread-4k-qd16) contains one of these (default: all)")
+    ap.add_argument("--nice", type=int, default=None,
+                    help="renice QEMU and the daemon (every thread) to this value, e.g. -10: on a machine where other "
+                         "work runs, the guest and its back end then get the cores as on a quiet one (both sides alike)")
+    ap.add_argument("--perf-qemu-only", action="store_true",
+                    help="--perf-record traces QEMU's threads only: tracing the daemon's system calls delays its "
+                         "completions enough to change how the guest's requests batch")
+    ap.add_argument("--qtrace", type=Path, default=None, metavar="DIR",
+                    help="QEMU is the event-logging build of bench/QEMU-TCG.md: its log of each boot goes to "
+                         "DIR/<side>-<n>.qtrace, the job markers' CLOCK_MONOTONIC times to DIR/<side>-<n>.qtrace.marks")
     args = ap.parse_args(argv)
+    global NICE, JOB_SELECTION, PERF_PROCS, QTRACE
+    QTRACE = args.qtrace
+    NICE = args.nice
+    if args.perf_qemu_only:
+        PERF_PROCS = ("qemu",)
+    if args.jobs:
+        chosen = [j for j in JOBS if any(x in "{0}-{1}-qd{2}".format(*j.split()) for x in args.jobs)]
+        if not chosen:
+            ap.error(f"--jobs {args.jobs} matches none of {JOBS}")
+        JOB_SELECTION = ",".join(j.replace(" ", "_") for j in chosen)
     for name, *assignments in args.side_env:
         SIDES[name] = _ours(env=dict(a.split("=", 1) for a in assignments))
     unknown = [s for s in args.sides if s not in SIDES]
@@ -441,7 +498,9 @@ def main(argv: list[str] | None = None) -> int:
             for side in (args.sides if r % 2 == 0 else args.sides[::-1]):
                 spy = (args.pyspy[0], max(1, args.seconds - 1), Path(args.pyspy[1])) if args.pyspy else None
                 st = (args.perf_switches[0], max(1, args.seconds - 2), Path(args.perf_switches[1])) if args.perf_switches else None
-                runs[side].append(boot(side, img, image_file, work, args.seconds, sockdir, args.size, say, spy, st))
+                pr = ((args.perf_record[0], max(1, args.seconds - 2), Path(args.perf_record[1]),
+                       shlex.split(args.perf_record[2])) if args.perf_record else None)
+                runs[side].append(boot(side, img, image_file, work, args.seconds, sockdir, args.size, say, spy, st, pr))
     finally:
         import shutil
 

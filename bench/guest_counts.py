@@ -255,7 +255,7 @@ SIDES: dict[str, dict[str, Any]] = {
 
 
 QTRACE: Path | None = None  # --qtrace: QEMU built with bench/QEMU-TCG.md's event log records into this directory
-PERF_PROCS = ("qemu", "daemon")  # --perf-qemu-only: ("qemu",), the daemon left untraced (tracing slows its answers)
+PERF_PROCS = ("qemu", "daemon")  # --perf-procs: whose threads --perf-record traces
 NICE: int | None = None  # --nice: every thread of QEMU and of the daemon gets this nice value once both are up
 JOB_SELECTION = ""  # --jobs: the guest runs only these (benchjobs= on its command line), in JOBS' spelling
 
@@ -381,6 +381,9 @@ def boot(side: str, img: GuestImage, image_file: Path, work: Path, seconds: int,
                                  "host_busy_cores": round((tot - hc[3] - hc[4] - (hc[7] if len(hc) > 7 else 0))
                                                           / tot * (os.cpu_count() or 1), 2)}
             say(f"  {side} {name}: {fio['iops']:,.0f} IOPS")
+            if qtrace_file is not None:
+                with open(f"{qtrace_file}.marks", "a") as mf:
+                    mf.write(f"0 IOS {name} {fio['ios']}\n")
         return out
     finally:
         if spy is not None:
@@ -389,6 +392,137 @@ def boot(side: str, img: GuestImage, image_file: Path, work: Path, seconds: int,
             t.wait(60)
         if daemon is not None:
             daemon.stop()
+
+
+# ---- the instrumented QEMU's event log (--qtrace; bench/QEMU-TCG.md) ----------------------------------------
+# Records of 24 bytes: CLOCK_MONOTONIC ns, thread id, event, argument. Event numbers as the patch defines them.
+QT_MAIN_UNLOCK, QT_MAIN_POLLED, QT_MAIN_LOCKED, QT_MSIX, QT_GUEST_NOTIFIER, QT_HOST_NOTIFIER, QT_TP_BH = range(1, 8)
+QT_IRQ_LOCK, QT_IRQ_LOCKED, QT_MMIO_LOCK, QT_MMIO_LOCKED, QT_DELIVER, QT_IOEVENTFD, QT_HALT_WAIT, QT_HALT_WOKE = range(8, 16)
+QT_CPU_INTERRUPT = 18
+
+
+def qtrace_events(path: Path, job: str) -> tuple[dict[tuple[int, int], list[int]], int, int, float, int]:
+    """The log's events during ``job``, per (thread role, event): sorted times in ns; roles 0 main loop,
+    1 vCPU. Returns (times, kick register offset, fio I/Os, seconds, events)."""
+    import struct
+
+    marks = [line.split() for line in Path(f"{path}.marks").read_text().splitlines()]
+    t0 = t1 = 0
+    ios = 0
+    for i, m in enumerate(marks):
+        if m[1] == "BEGIN" and m[2] == job:
+            t0, t1 = int(m[0]), int(marks[i + 1][0])
+        if m[1] == "IOS" and m[2] == job:
+            ios = int(m[3])
+    if not t1:
+        raise LookupError(f"{path}: no job {job}")
+    raw = [r for r in struct.iter_unpack("<QIHHII", Path(path).read_bytes()) if t0 <= r[0] <= t1]
+    main = max(set(r[1] for r in raw if r[2] == QT_MAIN_UNLOCK), key=lambda t: sum(1 for r in raw if r[1] == t and r[2] == QT_MAIN_UNLOCK))
+    vcpu = max(set(r[1] for r in raw if r[2] == QT_IRQ_LOCK), key=lambda t: sum(1 for r in raw if r[1] == t and r[2] == QT_IRQ_LOCK))
+    kick_counts: dict[int, int] = {}
+    for r in raw:
+        if r[2] == QT_IOEVENTFD and r[1] == vcpu:
+            kick_counts[r[4]] = kick_counts.get(r[4], 0) + 1
+    kick = max(kick_counts, key=kick_counts.__getitem__) if kick_counts else -1
+    out: dict[tuple[int, int], list[int]] = {}
+    for t, tid, ev, _, arg, _ in raw:
+        role = 0 if tid == main else 1 if tid == vcpu else 2
+        if ev == QT_IOEVENTFD and arg != kick:
+            continue
+        out.setdefault((role, ev), []).append(t)
+    for v in out.values():
+        v.sort()
+    return out, kick, ios, (t1 - t0) / 1e9, len(raw)
+
+
+def qtrace_report(path: Path, job: str) -> dict[str, float]:
+    """Per fio request: the vCPU's waits for the big QEMU lock and, per MSI-X interrupt the main loop raises, the
+    race between the main loop letting go of the lock and the vCPU asking for it; at QD1 the request's timeline."""
+    from bisect import bisect_left, bisect_right
+
+    ev, kick, ios, secs, n = qtrace_events(path, job)
+    n_io = ios or 1
+
+    def get(role: int, e: int) -> list[int]:
+        return ev.get((role, e), [])
+
+    def after(arr: list[int], t: int) -> int | None:
+        j = bisect_right(arr, t)
+        return arr[j] if j < len(arr) else None
+
+    def before(arr: list[int], t: int) -> int | None:
+        j = bisect_left(arr, t) - 1
+        return arr[j] if j >= 0 else None
+
+    def med(xs: list[float]) -> float:
+        xs = sorted(xs)
+        return round(xs[len(xs) // 2] / 1e3, 2) if xs else 0.0
+
+    out: dict[str, float] = {"fio I/Os": ios, "events": n}
+    for ask, got, name in ((QT_IRQ_LOCK, QT_IRQ_LOCKED, "interrupt check"), (QT_MMIO_LOCK, QT_MMIO_LOCKED, "MMIO"),
+                           (QT_HALT_WAIT, QT_HALT_WOKE, "halted (idle, wake-up, BQL)")):
+        a, g = get(1, ask), get(1, got)
+        waits = [y - x for x, y in zip(a, g)]
+        out[f"vCPU BQL takes: {name} /IO"] = round(len(a) / n_io, 3)
+        out[f"vCPU waits: {name} us/IO"] = round(sum(waits) / 1e3 / n_io, 2)
+        out[f"vCPU waits > 3 us: {name} /IO"] = round(sum(1 for w in waits if w > 3000) / n_io, 3)
+    unlock, polled, ci = get(0, QT_MAIN_UNLOCK), get(0, QT_MAIN_POLLED), get(0, QT_CPU_INTERRUPT)
+    ilock, ilocked, deliver = get(1, QT_IRQ_LOCK), get(1, QT_IRQ_LOCKED), get(1, QT_DELIVER)
+    msix = get(0, QT_MSIX)
+    slept, post, react, lost, slept_lost, lost_wait = [], [], [], 0, 0, []
+    for t in msix:
+        u, p, c = after(unlock, t), before(polled, t), after(ci, t)
+        pu = before(unlock, p) if p is not None else None
+        lk = after(ilock, c) if c is not None else None
+        if None in (u, p, pu, c, lk):
+            continue
+        slept.append(p - pu)
+        post.append(u - c)
+        react.append(lk - c)
+        if lk < u:
+            lost += 1
+            w = (after(ilocked, lk) or lk) - lk
+            if w > 3000:
+                slept_lost += 1
+                lost_wait.append(w)
+    m = len(post) or 1
+    out.update({
+        "MSI-X raised /IO": round(len(msix) / n_io, 3),
+        "main loop slept before the interrupt's iteration us p50": med(slept),
+        "cpu_interrupt -> main loop unlocks us p50": med(post),
+        "cpu_interrupt -> vCPU asks for the BQL us p50": med(react),
+        "vCPU asked first %": round(100 * lost / m, 1),
+        "vCPU slept for the BQL %": round(100 * slept_lost / m, 1),
+        "those sleeps us p50": med(lost_wait),
+    })
+    kicks = get(1, QT_IOEVENTFD)
+    halts = get(1, QT_HALT_WAIT)
+    seg: dict[str, list[int]] = {}
+    halted = 0
+    for k, k2 in zip(kicks, kicks[1:]):
+        mm = after(msix, k)
+        if mm is None or mm > k2:
+            continue
+        p = before(polled, mm)
+        d = after(deliver, mm)
+        if p is None or d is None or d > k2:
+            continue
+        h = after(halts, k)
+        if h is not None and h < mm:
+            halted += 1
+        for key, v in (("kick -> main loop back from ppoll with the completion", p - k),
+                       ("ppoll return -> msix_notify", mm - p),
+                       ("msix_notify -> main loop unlocks", (after(unlock, mm) or mm) - mm),
+                       ("msix_notify -> interrupt enters the guest", d - mm),
+                       ("interrupt -> next kick (guest)", k2 - d), ("kick -> next kick", k2 - k)):
+            seg.setdefault(key, []).append(v)
+    nseg = len(seg.get("kick -> next kick", [])) or 1
+    if job.endswith("qd1"):
+        out["QD1 requests with one interrupt"] = nseg
+        out["QD1 vCPU halted before the completion %"] = round(100 * halted / nseg, 1)
+        for key, v in seg.items():
+            out[f"QD1 {key} us mean"] = round(sum(v) / len(v) / 1e3, 1)
+    return out
 
 
 def per_request(job: dict[str, Any]) -> dict[str, float]:
@@ -434,6 +568,23 @@ KEY_ROWS = ["iops", "guest busy %", "guest idle entries/IO", "req-queue irqs/IO"
             "daemon reads/IO", "daemon writes/IO", "daemon sys %", "qemu.vcpu sys %", "tcg TB count/IO"]
 
 
+def print_qtrace(directory: Path, sides: list[str], jobs: list[str], say: Callable[[str], None]) -> None:
+    """One column per boot: qtrace_report of every DIR/<side>-<n>.qtrace, job by job."""
+    for job in jobs:
+        cols = {}
+        for p in (p for s in sides for p in sorted(directory.glob(f"{s}-*.qtrace"))):
+            try:
+                cols[p.stem] = qtrace_report(p, job)
+            except LookupError:
+                continue
+        if not cols:
+            continue
+        say(f"\n== event log, {job} (per fio I/O unless said; one column per boot)")
+        say(f"  {'':<58}" + "".join(f"{c:>12}" for c in cols))
+        for k in dict.fromkeys(k for r in cols.values() for k in r):
+            say(f"  {k:<58}" + "".join(f"{r.get(k, ''):>12}" for r in cols.values()))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sides", nargs="+", default=["builtin", "ours"],
@@ -460,18 +611,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nice", type=int, default=None,
                     help="renice QEMU and the daemon (every thread) to this value, e.g. -10: on a machine where other "
                          "work runs, the guest and its back end then get the cores as on a quiet one (both sides alike)")
-    ap.add_argument("--perf-qemu-only", action="store_true",
-                    help="--perf-record traces QEMU's threads only: tracing the daemon's system calls delays its "
-                         "completions enough to change how the guest's requests batch")
+    ap.add_argument("--perf-procs", choices=["both", "qemu", "daemon"], default="both",
+                    help="whose threads --perf-record traces (tracing the daemon's or QEMU's system calls delays "
+                         "completions enough to change how the guest's requests batch at QD16: trace one side at a time)")
     ap.add_argument("--qtrace", type=Path, default=None, metavar="DIR",
                     help="QEMU is the event-logging build of bench/QEMU-TCG.md: its log of each boot goes to "
                          "DIR/<side>-<n>.qtrace, the job markers' CLOCK_MONOTONIC times to DIR/<side>-<n>.qtrace.marks")
+    ap.add_argument("--qtrace-report", nargs="+", metavar=("DIR", "SIDE"), default=None,
+                    help="only print the event-log report of an earlier --qtrace DIR (sides: the log files' prefixes)")
     args = ap.parse_args(argv)
+    if args.qtrace_report:
+        directory, *sides = args.qtrace_report
+        print_qtrace(Path(directory), sides or ["builtin", "ours"],
+                     [f"{j.split()[0]}-{j.split()[1]}-qd{j.split()[2]}" for j in JOBS], lambda x: print(x, flush=True))
+        return 0
     global NICE, JOB_SELECTION, PERF_PROCS, QTRACE
     QTRACE = args.qtrace
     NICE = args.nice
-    if args.perf_qemu_only:
-        PERF_PROCS = ("qemu",)
+    PERF_PROCS = ("qemu", "daemon") if args.perf_procs == "both" else (args.perf_procs,)
     if args.jobs:
         chosen = [j for j in JOBS if any(x in "{0}-{1}-qd{2}".format(*j.split()) for x in args.jobs)]
         if not chosen:
@@ -529,6 +686,8 @@ def main(argv: list[str] | None = None) -> int:
             if any(k in summary[job][s] for s in args.sides):
                 say(f"    {k:<26}" + "".join(f"{summary[job][s].get(k, ''):>16}" for s in args.sides))
         say(f"    {'IOPS / ' + args.sides[0]:<26}" + "".join(f"{summary[job][s]['iops'] / first:>16.3f}" for s in args.sides))
+    if QTRACE is not None:
+        print_qtrace(QTRACE, args.sides, jobs, say)
     say(f"\nload {os.getloadavg()}")
     if args.json:
         args.json.write_text(json.dumps({"argv": sys.argv, "summary": summary, "runs": runs}, indent=1))

@@ -80,20 +80,25 @@ class CoalescePolicy:
         self.holds = 0  # holds started (for logs and tests)
         self.batched_holds = 0  # holds that ended with a completion joined
 
+    def will_hold(self) -> bool:
+        """Whether the next completions may be held. False promises that `completions()` answers NOTIFY: the
+        engine then lets the C wake-up decide and signal exactly as without coalescing (no Python on the QD1
+        path between probes) and calls `completions()` afterwards, to count towards the next probe."""
+        return self.bound > 0 and (self.holding or self._batched or self._countdown <= 0)
+
     def completions(self) -> Verdict:
         """The engine pushed one or more completions (one wake-up's batch) and has a call fd: what now?"""
         if self.bound <= 0:
             return Verdict.NOTIFY
-        now = self._clock()
         if self.holding:
             self._joined = True  # another request completed while the call was held: the guest had it in flight
-            if now < self.deadline:
+            if self._clock() < self.deadline:
                 return Verdict.JOINED
             self.end()  # the hold is due and its timer has not run yet: signal now, for these and the held ones
             return Verdict.NOTIFY
         if self._batched or self._countdown <= 0:
             self.holding = True
-            self.deadline = now + self.bound
+            self.deadline = self._clock() + self.bound
             self._joined = False
             self.holds += 1
             return Verdict.HOLD

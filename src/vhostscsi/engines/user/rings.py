@@ -141,16 +141,21 @@ class RingIO:
         """One wake-up in C (`VirtioScsi.wake`, reading `kick` first unless -1), with `completed` only when the C
         side left the notification to Python (a broken ring); None when this ring has no C wake-up.
 
-        With coalescing the C side gets no call fd (-1: it skips the notification decision, leaving the ring's
-        signalled-used state alone), and the hold policy decides here, as `completed` does for the Python path."""
+        With coalescing, while the policy may hold (`will_hold`), the C side gets no call fd (-1: it skips the
+        notification decision, leaving the ring's signalled-used state alone) and the policy decides here, as
+        `completed` does for the Python path; otherwise C decides and signals as without coalescing, and the
+        policy is told afterwards."""
         call = self.call
-        if self.hold is None or call is None:
+        hold = self.hold
+        if hold is None or call is None or not hold.will_hold():
             wake = device.wake(self.index, kick, -1 if call is None else call)
             if wake is None:
                 return None
             n, settled = wake
             if not settled:
                 self.completed(device, n)
+            elif n > 0 and hold is not None and call is not None:
+                hold.completions()  # NOTIFY, as will_hold promised: C has signalled; it counts towards the next probe
             return n
         wake = device.wake(self.index, kick, -1)
         if wake is None:

@@ -71,11 +71,14 @@ class OurDaemon(Process):
     """`vhostscsi serve` with one vhost target: LUN 0 a ramdisk, LUN 1 fileio on `image`.
 
     ``poll_us``: the daemon's ring polling window (VHOSTSCSI_POLL_US; None: the daemon's default), so that
-    daemons with different windows run side by side (each with its own config, socket directory and log)."""
+    daemons with different windows run side by side (each with its own config, socket directory and log).
+    ``coalesce_us``: the daemon's interrupt coalescing bound (`serve --coalesce-us`; None: off, the default)."""
 
-    def __init__(self, workdir: Path, image: Path, size: int, sockdir: Path, poll_us: float | None = None) -> None:
+    def __init__(self, workdir: Path, image: Path, size: int, sockdir: Path, poll_us: float | None = None,
+                 coalesce_us: int | None = None) -> None:
         self.poll_us = poll_us
-        tag = "" if poll_us is None else f"-p{poll_us:g}"
+        self.coalesce_us = coalesce_us
+        tag = ("" if poll_us is None else f"-p{poll_us:g}") + ("" if coalesce_us is None else f"-c{coalesce_us}")
         cfg = Config()
         rd = cfg.add_storage_object(new_storage_object("ramdisk", "rd0", size=size))
         fi = cfg.add_storage_object(new_storage_object("fileio", "disk0", dev=str(image), size=size))
@@ -87,7 +90,9 @@ class OurDaemon(Process):
         self.sockdir = sockdir / f"run{tag}"  # short: a unix socket path holds 108 bytes
         self.socket = self.sockdir / f"{WWN}.sock"
         super().__init__([sys.executable, "-m", "vhostscsi", "serve", "--config", str(config),
-                          "--socket-dir", str(self.sockdir)], workdir / f"serve{tag}.log",
+                          "--socket-dir", str(self.sockdir),
+                          *(() if coalesce_us is None else ("--coalesce-us", str(coalesce_us)))],
+                         workdir / f"serve{tag}.log",
                          env=None if poll_us is None else {"VHOSTSCSI_POLL_US": f"{poll_us:g}"})
         try:
             wait_for_socket(self.socket, self.proc)

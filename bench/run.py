@@ -65,7 +65,10 @@ def say(*a: object) -> None:
 
 
 def ours_name(daemon: b.OurDaemon) -> str:
-    """"ours" for the daemon with its default polling window, "ours/p<us>" for a --poll-us comparison one."""
+    """"ours" for the daemon with its defaults, "ours/p<us>" for a --poll-us comparison one, "ours/c<us>" for a
+    --guest-coalesce-us one."""
+    if daemon.coalesce_us is not None:
+        return f"ours/c{daemon.coalesce_us}"
     return "ours" if daemon.poll_us is None else f"ours/p{daemon.poll_us:g}"
 
 
@@ -181,8 +184,9 @@ def ceilings(args: argparse.Namespace) -> list[dict[str, object]]:
 
 def guest_part(args: argparse.Namespace, work: Path, image: Path, daemons: list[b.OurDaemon]) -> dict[str, object]:
     """fio in one TCG guest, QEMU's built-in virtio-scsi and ours alternated A B B A ... (`--guest-rounds` boots
-    each), so a load change on the shared machine during the part hits both sides alike. With --poll-us, the
-    comparison daemons are further sides ("ours/p0", ...) in the same alternation."""
+    each), so a load change on the shared machine during the part hits both sides alike. With --poll-us or
+    --guest-coalesce-us, the comparison daemons are further sides ("ours_p0", "ours_c100", ...) in the same
+    alternation."""
     import guest as g
 
     img = g.image()
@@ -211,7 +215,7 @@ def guest_part(args: argparse.Namespace, work: Path, image: Path, daemons: list[
               for j in jobs}
     out = {"qemu_builtin": builtin, "ours": ours, "ratio": ratio, "ratio_per_round": spread,
            "rounds": args.guest_rounds, "seconds_per_job": args.guest_seconds, "raw": runs}
-    for side in sides[2:]:  # --poll-us comparison daemons: not a bar, shown beside
+    for side in sides[2:]:  # --poll-us / --guest-coalesce-us comparison daemons: not a bar, shown beside
         other = {j: mean(side, j) for j in jobs}
         out[side] = other
         out[f"ratio_{side}"] = {j: round(other[j]["iops"] / builtin[j]["iops"], 3) for j in jobs if builtin[j]["iops"]}
@@ -306,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll-us", type=float, nargs="*", default=[], metavar="US",
                     help="also run a daemon with this ring polling window (VHOSTSCSI_POLL_US; 0 = no polling) "
                          "beside the default one: rows 'ours/p<US> ...', guest side 'ours_p<US>'")
+    ap.add_argument("--guest-coalesce-us", type=int, nargs="*", default=[], metavar="US",
+                    help="also run a daemon with interrupt coalescing up to US microseconds (`serve --coalesce-us`) "
+                         "beside the default one (off): guest side 'ours_c<US>', its ratio printed beside")
     ap.add_argument("--profile", type=float, default=0, metavar="S", help="py-spy the daemon for S seconds")
     ap.add_argument("--profile-top", type=int, default=25)
     ap.add_argument("--json", default="vhostscsi-bench.json", help="where to write the results")
@@ -324,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick, "seconds_per_case": args.seconds, "disk_bytes": args.size, "workdir": str(work),
         "load_start": load(), "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
         "poll_us_default": os.environ.get("VHOSTSCSI_POLL_US") or _default_poll_us(), "poll_us_compared": args.poll_us,
+        "coalesce_us_compared": args.guest_coalesce_us,
     }
     say(f"vhostscsi bench {meta['date']} on {meta['host']}: {meta['cpus']} CPUs, load {meta['load_start']}, "
         f"{args.seconds:g} s per case, disks {args.size // _MB} MiB in {work}")
@@ -338,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         daemons.append(daemon)
         for us in args.poll_us:
             daemons.append(b.OurDaemon(work, image, args.size, sockdir, poll_us=us))
+        for us in args.guest_coalesce_us:
+            daemons.append(b.OurDaemon(work, image, args.size, sockdir, coalesce_us=us))
         if not args.no_qsd and b.qsd_binary():
             qsd = b.StorageDaemon(work, image, max(args.queues), sockdir)
         # fill the ramdisk so reads copy real data, not the zero page

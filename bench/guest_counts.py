@@ -399,6 +399,7 @@ def boot(side: str, img: GuestImage, image_file: Path, work: Path, seconds: int,
 QT_MAIN_UNLOCK, QT_MAIN_POLLED, QT_MAIN_LOCKED, QT_MSIX, QT_GUEST_NOTIFIER, QT_HOST_NOTIFIER, QT_TP_BH = range(1, 8)
 QT_IRQ_LOCK, QT_IRQ_LOCKED, QT_MMIO_LOCK, QT_MMIO_LOCKED, QT_DELIVER, QT_IOEVENTFD, QT_HALT_WAIT, QT_HALT_WOKE = range(8, 16)
 QT_CPU_INTERRUPT = 18
+QT_DISPATCHED, QT_FILL, QT_TIMERS_DONE = 20, 21, 22  # glib dispatch done, glib_pollfds_fill starts, timers run
 
 
 def qtrace_events(path: Path, job: str) -> tuple[dict[tuple[int, int], list[int]], int, int, float, int]:
@@ -486,6 +487,25 @@ def qtrace_report(path: Path, job: str) -> dict[str, float]:
                 slept_lost += 1
                 lost_wait.append(w)
     m = len(post) or 1
+    # the path from cpu_interrupt to the unlock, in pieces, by whether the main loop had slept >= 20 us before
+    disp, timers, fill = get(0, QT_DISPATCHED), get(0, QT_TIMERS_DONE), get(0, QT_FILL)
+    pieces: dict[str, list[int]] = {}
+    for c in ci if disp else []:
+        d = after(disp, c)
+        tt = after(timers, d) if d is not None else None
+        f = after(fill, tt) if tt is not None else None
+        u, p = after(unlock, c), before(polled, c)
+        pu = before(unlock, p) if p is not None else None
+        if None in (d, tt, f, u, p, pu) or not c < d < tt < f < u:
+            continue
+        how = "slept" if p - pu >= 20000 else "back-to-back"
+        for name, v in (("1 cpu_interrupt -> glib dispatch done", d - c), ("2 -> timers run", tt - d),
+                        ("3 -> glib_pollfds_fill starts", f - tt), ("4 -> unlock (prepare, query)", u - f),
+                        ("5 cpu_interrupt -> unlock", u - c)):
+            pieces.setdefault(f"main loop {how}: {name} us p50", []).append(v)
+        pieces.setdefault(f"main loop {how}: iterations", []).append(1)
+    for key, v in sorted(pieces.items()):
+        out[key] = len(v) if key.endswith("iterations") else med(v)
     out.update({
         "MSI-X raised /IO": round(len(msix) / n_io, 3),
         "main loop slept before the interrupt's iteration us p50": med(slept),
@@ -580,9 +600,9 @@ def print_qtrace(directory: Path, sides: list[str], jobs: list[str], say: Callab
         if not cols:
             continue
         say(f"\n== event log, {job} (per fio I/O unless said; one column per boot)")
-        say(f"  {'':<58}" + "".join(f"{c:>12}" for c in cols))
+        say(f"  {'':<72}" + "".join(f"{c:>12}" for c in cols))
         for k in dict.fromkeys(k for r in cols.values() for k in r):
-            say(f"  {k:<58}" + "".join(f"{r.get(k, ''):>12}" for r in cols.values()))
+            say(f"  {k:<72}" + "".join(f"{r.get(k, ''):>12}" for r in cols.values()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,13 @@ qemu-args` prints ("ours"), and variants used to test a hypothesis (see bench/RE
 (VHOSTSCSI_POLL_US=50), "ours-slice100" (normal policy, 100 us EEVDF slice), "ours-vq256" (virtqueue_size=256).
 `--side-env NAME VAR=VALUE ...` defines a further side (our daemon with those environment variables, e.g.
 PYTHONPATH=<a patched copy>/src for an experiment). `--pyspy JOB DIR` samples the daemon during a job; `--perf-switches JOB DIR` records why QEMU's vCPU thread
-leaves the CPU during a job (sched_switch with stacks; summarise with `perf script` as bench/README.md shows). Runs from a checkout with the package installed
+leaves the CPU during a job (sched_switch with stacks; summarise with `perf script` as bench/README.md shows);
+`--perf-record JOB DIR OPTIONS` runs perf with any options on QEMU's and/or the daemon's threads (`--perf-procs`)
+during a job. `--jobs` runs only some of the fio jobs; `--nice N` renices QEMU and the daemon (on a shared machine,
+-10 keeps the quiet-machine regime at moderate load). `--qtrace DIR` is for the event-logging QEMU build of
+bench/QEMU-TCG.md (put first on PATH): each boot's log goes to DIR, and the report at the end gives, per interrupt
+QEMU's main loop raises, the race between the main loop releasing the big QEMU lock and the vCPU asking for it,
+and at QD1 each request's timeline; `--qtrace-report DIR SIDE...` prints it again. Runs from a checkout with the package installed
 (`pip install -e .`), needs qemu-system-x86_64 and fio; backing file and daemon in a fresh /dev/shm directory,
 every process stopped by pid.
 """

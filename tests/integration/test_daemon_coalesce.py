@@ -188,3 +188,25 @@ def test_a_bad_flag_value_is_one_line_and_exit_1(tmp_path: Path) -> None:
     lines = d.log().strip().splitlines()
     assert lines == ["vhostscsi serve: --coalesce-us: 'fast' is not a whole number of microseconds "
                      "(0 = off, up to 10,000)"]
+
+
+@pytest.mark.parametrize(("env", "flag", "expect"), [
+    ("fast", None, "interrupt coalescing off"),  # a bad environment value: a warning, off, the daemon serves
+    ("fast", "250", "interrupts held up to 250 us"),  # the flag wins (the bad variable is not even read)
+    ("300", "0", "interrupt coalescing off"),
+    ("", None, "interrupt coalescing off"),  # the default
+])
+def test_the_setting_comes_from_the_flag_else_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              env: str, flag: str | None, expect: str) -> None:
+    monkeypatch.setenv("VHOSTSCSI_COALESCE_US", env)
+    config = save_targets(tmp_path / "saveconfig.json",
+                          {WWN: [(new_storage_object("ramdisk", "rd0", size=8 << 20), False)]})
+    d = ServeProcess(tmp_path, config, wwn=WWN, extra_args=("--coalesce-us", flag) if flag is not None else ())
+    try:
+        log = d.wait_log(r"serving ")
+        assert expect in log
+        warned = "VHOSTSCSI_COALESCE_US: 'fast' is not a whole number of microseconds" in log
+        assert warned == (env == "fast" and flag is None)
+        assert d.stop() == 0
+    finally:
+        d.terminate()

@@ -105,6 +105,26 @@ def test_a_completion_after_the_deadline_ends_the_hold_and_is_signalled_at_once(
     assert p.completions() is Verdict.HOLD  # a completion joined that hold, so it batched: hold again
 
 
+def test_one_miss_amid_batching_holds_is_forgiven_two_leave_holding_mode() -> None:
+    p, clock = policy()
+    assert p.completions() is Verdict.HOLD
+    clock.now += 10
+    assert p.completions() is Verdict.JOINED
+    p.end()  # batched
+    assert p.completions() is Verdict.HOLD
+    p.end()  # caught nothing: forgiven once
+    assert p.completions() is Verdict.HOLD
+    clock.now += 10
+    assert p.completions() is Verdict.JOINED
+    p.end()  # batched again: the miss is forgotten
+    assert p.completions() is Verdict.HOLD
+    p.end()  # a miss
+    assert p.completions() is Verdict.HOLD
+    p.end()  # a second one in a row: signal at once, probe later
+    assert [p.completions() for _ in range(PROBE_FIRST)] == [Verdict.NOTIFY] * PROBE_FIRST
+    assert p.completions() is Verdict.HOLD
+
+
 def test_end_without_a_hold_is_a_no_op() -> None:
     p, _ = policy()
     p.end()

@@ -39,13 +39,13 @@ SUPPORTED_PROTOCOL_FEATURES = (
 )
 
 
-
 def wait_readable(fd: int, timeout: float) -> bool:
     """Whether `fd` becomes readable within `timeout` seconds. poll, not select: a test process that has opened
     many fds hands out numbers above select's FD_SETSIZE (1024), which select refuses."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     return bool(poller.poll(max(0.0, timeout) * 1000))
+
 
 class FrontEndError(RuntimeError):
     """The back end did not answer as the protocol requires (timeout, hang-up, failure ack, wrong reply)."""

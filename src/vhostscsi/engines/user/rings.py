@@ -147,21 +147,15 @@ class RingIO:
         policy is told afterwards."""
         call = self.call
         hold = self.hold
-        if hold is None or call is None or not hold.will_hold():
-            wake = device.wake(self.index, kick, -1 if call is None else call)
-            if wake is None:
-                return None
-            n, settled = wake
-            if not settled:
-                self.completed(device, n)
-            elif n > 0 and hold is not None and call is not None:
-                hold.completions()  # NOTIFY, as will_hold promised: C has signalled; it counts towards the next probe
-            return n
-        wake = device.wake(self.index, kick, -1)
+        c_decides = call is not None and (hold is None or not hold.will_hold())
+        wake = device.wake(self.index, kick, call if c_decides else -1)  # type: ignore[arg-type]
         if wake is None:
             return None
-        n, _settled = wake
-        self.completed(device, n)  # C decided nothing (no call fd): the hold or the signal is decided here
+        n, settled = wake
+        if not (c_decides and settled):
+            self.completed(device, n)  # C decided nothing (no call fd, a possible hold) or the ring broke
+        elif n > 0 and hold is not None:
+            hold.completions()  # NOTIFY, as will_hold promised: C has signalled; it counts towards the next probe
         return n
 
     def completed(self, device: VirtioScsi, n: int) -> None:
